@@ -1,0 +1,68 @@
+"""The errors moe-core raises. Every message names what is wrong and what was expected."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .plan import Resolution
+
+
+class MoEError(Exception):
+    """Base of every moe-core error."""
+
+
+class SpecError(MoEError, ValueError):
+    """A layer spec field has an invalid value.
+
+    ``field`` names the offending field so tools (and tests) can point at it.
+    """
+
+    def __init__(self, field: str, message: str):
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class UnknownModelError(MoEError, LookupError):
+    """A model name that is neither bundled nor a path to a config.json."""
+
+    def __init__(self, name: str, suggestions: list[str]):
+        self.name = name
+        self.suggestions = suggestions
+        hint = f"; did you mean {', '.join(repr(s) for s in suggestions)}?" if suggestions else ""
+        super().__init__(
+            f"unknown model {name!r}: not a bundled model name nor a path to a config.json"
+            f"{hint} (`moe models` lists the bundled ones)"
+        )
+
+
+class ModelConfigError(MoEError, ValueError):
+    """A Hugging Face config.json that does not describe an MoE layer we can read."""
+
+
+class WeightsError(MoEError, ValueError):
+    """A weight tensor of the wrong shape, dtype or device for the spec."""
+
+
+class InputError(MoEError, ValueError):
+    """A runner input (hidden states, top-k ids or weights) that does not fit the plan."""
+
+
+class PluginError(MoEError):
+    """A plugin broke a hook's contract (wrong return type, raised, missing hook)."""
+
+
+class ResolutionError(MoEError):
+    """Resolution did not produce a plan. ``resolution`` holds the full trace."""
+
+    def __init__(self, message: str, resolution: "Resolution"):
+        self.resolution = resolution
+        super().__init__(message)
+
+
+class NoBackendError(ResolutionError):
+    """No candidate supports the spec; the message lists every candidate and its reason."""
+
+
+class BackendUnavailable(ResolutionError):
+    """A forced backend cannot run the spec (never a silent fallback)."""

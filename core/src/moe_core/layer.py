@@ -1,0 +1,97 @@
+"""The loaded layer: a plan, its processed weights and its runner, behind input checks.
+
+Checks run before any kernel sees the data, so a bad call is an :class:`InputError`
+naming the tensor and what the plan expected, never a crash inside a kernel.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import InputError
+from .plan import Plan
+from .weights import MoEWeights, device_type
+
+TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+class MoELayer:
+    def __init__(self, plan: Plan, weights: MoEWeights, runner, *, check_values: bool = True):
+        self.plan = plan
+        self.weights = weights
+        self.runner = runner
+        #: Also check id ranges and counts (one device sync per call); shapes are always checked.
+        self.check_values = check_values
+        self.dtype = TORCH_DTYPES[plan.spec.act_dtype]
+
+    def __repr__(self) -> str:
+        return f"MoELayer({self.plan.backend}, {self.plan.spec.describe()})"
+
+    def _check_hidden(self, name: str, x: torch.Tensor, dims: int) -> None:
+        spec = self.plan.spec
+        if not isinstance(x, torch.Tensor):
+            raise InputError(f"{name} is {type(x).__name__}; expected a torch.Tensor")
+        if x.dim() != dims or x.shape[-1] != spec.hidden_size:
+            raise InputError(f"{name} has shape {tuple(x.shape)}; expected {dims} dims ending in "
+                             f"hidden_size {spec.hidden_size}")
+        if x.dtype != self.dtype:
+            raise InputError(f"{name} has dtype {x.dtype}; the plan's activation dtype is {self.dtype}")
+        if x.device.type != device_type(spec) or x.device != self.weights.device:
+            raise InputError(f"{name} is on {x.device}; the weights are on {self.weights.device}")
+
+    def __call__(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+        """Standard layout: ``x [T, H]``, ``topk_weights``/``topk_ids`` ``[T, top_k]`` -> ``[T, H]``."""
+        spec = self.plan.spec
+        self._check_hidden("x", x, 2)
+        T = x.shape[0]
+        if T > spec.max_tokens:
+            raise InputError(f"x has {T} tokens; the plan was resolved for at most {spec.max_tokens} "
+                             "per rank (resolve a spec with a larger max_tokens)")
+        for name, t in (("topk_ids", topk_ids), ("topk_weights", topk_weights)):
+            if not isinstance(t, torch.Tensor) or tuple(t.shape) != (T, spec.top_k):
+                raise InputError(f"{name} has shape {tuple(getattr(t, 'shape', ()))}; expected "
+                                 f"({T}, {spec.top_k}) = (tokens, top_k)")
+            if t.device != x.device:
+                raise InputError(f"{name} is on {t.device}; x is on {x.device}")
+        if topk_ids.dtype not in (torch.int32, torch.int64):
+            raise InputError(f"topk_ids has dtype {topk_ids.dtype}; expected int32 or int64")
+        if not topk_weights.is_floating_point():
+            raise InputError(f"topk_weights has dtype {topk_weights.dtype}; expected a float dtype")
+        if self.check_values and T:
+            lo, hi = int(topk_ids.min()), int(topk_ids.max())
+            if lo < 0 or hi >= spec.num_experts:
+                raise InputError(f"topk_ids range [{lo}, {hi}] is outside [0, {spec.num_experts}) "
+                                 "(global expert ids)")
+        return self.runner(x, topk_weights, topk_ids)
+
+    def _runner_method(self, name: str):
+        fn = getattr(self.runner, name, None)
+        if fn is None:
+            raise InputError(f"the runner of {self.plan.backend} has no {name}; its plan's layout is "
+                             f"{self.plan.dispatch.layout!r}")
+        return fn
+
+    def run_contiguous(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Contiguous layout: rows of ``x [N, H]`` grouped per local expert by ``offsets``."""
+        E = self.plan.spec.local_experts
+        self._check_hidden("x", x, 2)
+        if tuple(offsets.shape) != (E + 1,):
+            raise InputError(f"offsets has shape {tuple(offsets.shape)}; expected ({E + 1},) = "
+                             "(local_experts + 1,)")
+        if self.check_values:
+            diffs = offsets.diff()
+            if int(offsets[0]) != 0 or int(offsets[-1]) != x.shape[0] or bool((diffs < 0).any()):
+                raise InputError(f"offsets must rise from 0 to the {x.shape[0]} rows of x; got "
+                                 f"{offsets.tolist()}")
+        return self._runner_method("run_contiguous")(x, offsets)
+
+    def run_masked(self, x: torch.Tensor, masked_m: torch.Tensor) -> torch.Tensor:
+        """Masked layout: ``x [E_local, M, H]``, ``masked_m [E_local]`` valid rows per expert."""
+        E = self.plan.spec.local_experts
+        self._check_hidden("x", x, 3)
+        if x.shape[0] != E or tuple(masked_m.shape) != (E,):
+            raise InputError(f"x has shape {tuple(x.shape)} and masked_m {tuple(masked_m.shape)}; "
+                             f"expected ({E}, M, H) and ({E},) = local experts")
+        if self.check_values and bool(((masked_m < 0) | (masked_m > x.shape[1])).any()):
+            raise InputError(f"masked_m values must lie in [0, {x.shape[1]}]; got {masked_m.tolist()}")
+        return self._runner_method("run_masked")(x, masked_m)

@@ -1,0 +1,44 @@
+"""FP8 (e4m3fn) block quantization: one fp32 scale per (bn x bk) block, ``x = q * scale``.
+
+One function covers every FP8 granularity the formats use: 128x128 weight blocks,
+1x128 activation groups, per-row (channel / token) and per-matrix (tensor) scales.
+"""
+
+from __future__ import annotations
+
+import torch
+
+FP8_MAX = 448.0  # largest finite e4m3fn value
+_TINY = 1e-12
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def quantize_fp8_blockwise(x: torch.Tensor, bn: int | None, bk: int | None):
+    """Quantize the last two dims of ``x`` in blocks of ``bn x bk`` (None: the whole dim).
+
+    :return: ``(q, scale)``: ``q`` e4m3fn shaped like ``x``; ``scale`` fp32 of shape
+        ``[..., ceil(N/bn), ceil(K/bk)]``. Ragged edge blocks are scaled by their own amax.
+    """
+    *lead, N, K = x.shape
+    bn, bk = bn or N, bk or K
+    nb, kb = _cdiv(N, bn), _cdiv(K, bk)
+    xf = x.float()
+    padded = torch.nn.functional.pad(xf, (0, kb * bk - K, 0, nb * bn - N))
+    blocks = padded.reshape(*lead, nb, bn, kb, bk)
+    amax = blocks.abs().amax(dim=(-3, -1))
+    scale = amax.clamp(min=_TINY) / FP8_MAX
+    q = (blocks / scale[..., :, None, :, None]).clamp(-FP8_MAX, FP8_MAX)
+    q = q.reshape(*lead, nb * bn, kb * bk)[..., :N, :K].to(torch.float8_e4m3fn)
+    return q, scale
+
+
+def dequantize_fp8_blockwise(q: torch.Tensor, scale: torch.Tensor, bn: int | None, bk: int | None,
+                             dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Inverse of :func:`quantize_fp8_blockwise` (exact up to ``dtype`` rounding)."""
+    *_, N, K = q.shape
+    bn, bk = bn or N, bk or K
+    s = scale.to(dtype).repeat_interleave(bn, dim=-2).repeat_interleave(bk, dim=-1)
+    return q.to(dtype) * s[..., :N, :K]

@@ -1,0 +1,144 @@
+"""Plugin discovery through the ``moe_core.plugins`` entry-point group.
+
+A plugin that fails to import, fails pluggy's hook validation or declares its variants
+badly is kept as a *broken* record with its error, so ``moe plugins`` and ``moe explain``
+can show it; the others are unaffected.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any, Iterable
+
+import pluggy
+
+from . import hookspecs
+from .declare import RUNNER, Variant
+from .errors import PluginError
+
+OK, BROKEN = "ok", "broken"
+
+
+@dataclass(frozen=True)
+class PluginRecord:
+    name: str
+    status: str
+    variants: tuple[Variant, ...] = ()
+    distribution: str | None = None
+    version: str | None = None
+    source: str = ""  # the entry point's value, or "registered in code"
+    error: str | None = None
+
+    @property
+    def runner_variants(self) -> tuple[Variant, ...]:
+        return tuple(v for v in self.variants if v.kind == RUNNER)
+
+
+def _describe_exc(e: BaseException) -> str:
+    return f"{type(e).__name__}: {e}"
+
+
+def _check_variants(name: str, declared: Any) -> tuple[Variant, ...]:
+    if not isinstance(declared, (list, tuple)) or not all(isinstance(v, Variant) for v in declared):
+        raise PluginError(f"moe_variants() of {name!r} returned {declared!r}; expected a list of Variant")
+    names = [v.name for v in declared]
+    if len(set(names)) != len(names):
+        raise PluginError(f"moe_variants() of {name!r} declares a variant name twice: {names}")
+    for v in declared:
+        if not isinstance(v.priority, int) or isinstance(v.priority, bool):
+            raise PluginError(f"variant {name}:{v.name} has priority {v.priority!r}; expected an int")
+    return tuple(declared)
+
+
+class Registry:
+    """The plugin manager plus a record per plugin, broken ones included."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.records: dict[str, PluginRecord] = {}
+        self._callers: dict[tuple[str, str], Any] = {}
+
+    @classmethod
+    def discover(cls, group: str = hookspecs.ENTRY_POINT_GROUP) -> "Registry":
+        reg = cls()
+        # Sorted so the outcome (which of two same-named plugins wins) never depends on
+        # install order.
+        for ep in sorted(entry_points(group=group), key=lambda e: (e.name, e.value)):
+            reg.load_entry_point(ep)
+        return reg
+
+    def load_entry_point(self, ep: EntryPoint) -> PluginRecord:
+        dist = getattr(ep, "dist", None)
+        meta = dict(distribution=dist.name if dist else None,
+                    version=dist.version if dist else None, source=ep.value)
+        if ep.name in self.records:
+            other = self.records[ep.name]
+            return self._broken(f"{ep.name}@{meta['distribution']}", meta,
+                                f"plugin name {ep.name!r} is already taken by "
+                                f"{other.distribution or other.source}")
+        try:
+            obj = ep.load()
+        except BaseException as e:  # a plugin's import may raise anything, SystemExit included
+            return self._broken(ep.name, meta, f"import failed: {_describe_exc(e)}")
+        return self.register(obj, ep.name, **meta)
+
+    def register(self, obj: Any, name: str, *, distribution: str | None = None,
+                 version: str | None = None, source: str = "registered in code") -> PluginRecord:
+        """Register a plugin object (a module or instance implementing the hooks)."""
+        meta = dict(distribution=distribution, version=version, source=source)
+        if name in self.records:
+            raise PluginError(f"plugin name {name!r} is already registered")
+        try:
+            self.pm.register(obj, name=name)
+        except Exception as e:
+            return self._broken(name, meta, f"hook validation failed: {_describe_exc(e)}")
+        try:
+            variants = _check_variants(name, self.call(name, "moe_variants"))
+            if any(v.kind == RUNNER for v in variants):
+                for hook in ("supports_shape", "make_runner"):
+                    if not self._implements(name, hook):
+                        raise PluginError(f"declares runner variants but implements no {hook} hook")
+        except Exception as e:
+            self.pm.unregister(name=name)
+            return self._broken(name, meta, _describe_exc(e))
+        rec = PluginRecord(name, OK, variants, **meta)
+        self.records[name] = rec
+        self._callers.clear()
+        return rec
+
+    def _broken(self, name: str, meta: dict[str, Any], error: str) -> PluginRecord:
+        rec = PluginRecord(name, BROKEN, (), error=error, **meta)
+        self.records[name] = rec
+        return rec
+
+    def _implements(self, name: str, hook: str) -> bool:
+        plugin = self.pm.get_plugin(name)
+        return any(i.plugin is plugin for i in getattr(self.pm.hook, hook).get_hookimpls())
+
+    def call(self, name: str, hook: str, **kwargs: Any) -> Any:
+        """Call ``hook`` on plugin ``name`` alone; None when it does not implement it.
+
+        Goes through pluggy (so tracing and hook wrappers apply) with a cached subset
+        caller, keeping one plugin's answer separate from the others'.
+        """
+        key = (name, hook)
+        caller = self._callers.get(key)
+        if caller is None:
+            if not self._implements(name, hook):
+                return None
+            plugin = self.pm.get_plugin(name)
+            others = [p for p in self.pm.get_plugins() if p is not plugin]
+            caller = self._callers[key] = self.pm.subset_hook_caller(hook, others)
+        result = caller(**kwargs)
+        spec = getattr(self.pm.hook, hook).spec
+        if spec is not None and not spec.opts.get("firstresult"):
+            return result[0] if result else None
+        return result
+
+    def ok(self) -> list[PluginRecord]:
+        return [r for r in sorted(self.records.values(), key=lambda r: r.name) if r.status == OK]
+
+    def __iter__(self) -> Iterable[PluginRecord]:
+        return iter(sorted(self.records.values(), key=lambda r: r.name))

@@ -1,0 +1,64 @@
+"""Runner building blocks: token grouping, and a base class that derives all three token
+layouts from one ``run_contiguous``."""
+
+from __future__ import annotations
+
+import torch
+
+from .plan import Plan
+from .weights import MoEWeights
+
+
+def group_by_expert(topk_ids: torch.Tensor, first_expert: int, num_local: int):
+    """Order the (token, slot) pairs routed to this rank's experts by local expert.
+
+    :return: ``(pairs, offsets)``: ``pairs`` indexes the flattened ``[T * k]`` top-k
+        entries in expert order (stable, so token order within an expert);
+        ``offsets`` (``[num_local + 1]``, int64) delimits each expert's rows.
+    """
+    local = topk_ids.reshape(-1) - first_expert
+    mine = ((local >= 0) & (local < num_local)).nonzero().squeeze(1)
+    experts = local[mine]
+    order = torch.argsort(experts, stable=True)
+    counts = torch.bincount(experts, minlength=num_local)
+    offsets = torch.zeros(num_local + 1, dtype=torch.int64, device=topk_ids.device)
+    offsets[1:] = counts.cumsum(0)
+    return mine[order], offsets
+
+
+class GroupedRunner:
+    """Base for a runner whose core computes rows already grouped per local expert.
+
+    Subclasses implement :meth:`run_contiguous`; :meth:`__call__` (standard layout, with
+    the top-k weighted sum) and :meth:`run_masked` come from it.
+    """
+
+    def __init__(self, plan: Plan, weights: MoEWeights):
+        self.plan = plan
+        self.spec = plan.spec
+        self.weights = weights
+
+    def run_contiguous(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """Expert outputs for ``x [N, H]`` whose rows ``offsets[e]:offsets[e+1]`` go to local
+        expert ``e``. No top-k weighting (the combine step applies it)."""
+        raise NotImplementedError
+
+    def __call__(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+        """``[T, H]``: the weighted sum over this rank's experts (a partial sum under EP/TP)."""
+        pairs, offsets = group_by_expert(topk_ids, self.spec.first_expert, self.spec.local_experts)
+        tokens = pairs // topk_ids.shape[1]
+        y = self.run_contiguous(x.index_select(0, tokens), offsets)
+        w = topk_weights.reshape(-1).index_select(0, pairs).float()
+        out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
+        out.index_add_(0, tokens, y.float() * w[:, None])
+        return out.to(x.dtype)
+
+    def run_masked(self, x: torch.Tensor, masked_m: torch.Tensor) -> torch.Tensor:
+        """``x [E_local, M, H]`` with ``masked_m[e]`` valid rows per expert -> same shape;
+        rows past ``masked_m[e]`` are zero."""
+        valid = torch.arange(x.shape[1], device=x.device)[None, :] < masked_m[:, None]
+        offsets = torch.zeros(x.shape[0] + 1, dtype=torch.int64, device=x.device)
+        offsets[1:] = masked_m.to(torch.int64).cumsum(0)
+        out = torch.zeros_like(x)
+        out[valid] = self.run_contiguous(x[valid], offsets).to(x.dtype)
+        return out
