@@ -1,0 +1,118 @@
+"""The ``moe`` command: ``plugins``, ``models``, ``explain``, ``run``."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+from rich.table import Table
+
+from .. import default_host
+from ..models import bundled_models
+from ..plan import Resolution
+from .common import build_spec, console, reports_errors, spec_options
+from .run import run
+
+_STATUS_STYLE = {"chosen": "bold green", "supported": "green", "declined": "yellow",
+                 "disabled": "magenta", "not forced": "dim", "broken": "bold red"}
+
+
+@click.group()
+@click.version_option(package_name="moe-core")
+def main():
+    """Resolve, prepare and run the MoE kernel backend of a layer, and explain the choice."""
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(as_json):
+    """Installed plugins: version, variants, load status (broken ones with their error)."""
+    records = list(default_host().registry)
+    if as_json:
+        click.echo(json.dumps([{
+            "name": r.name, "distribution": r.distribution, "version": r.version, "status": r.status,
+            "source": r.source, "error": r.error,
+            "variants": [{"name": v.name, "priority": v.priority, "kind": v.kind, "summary": v.summary}
+                         for v in r.variants]} for r in records], indent=2))
+        return
+    table = Table(title="moe-core plugins (entry-point group moe_core.plugins)")
+    for col in ("plugin", "distribution", "status", "variants (priority, kind)"):
+        table.add_column(col, overflow="fold")
+    for r in records:
+        dist = f"{r.distribution or '?'} {r.version or ''}".strip()
+        if r.status != "ok":
+            table.add_row(r.name, dist, f"[bold red]broken[/]", r.error or "")
+            continue
+        variants = "\n".join(f"{v.name} ({v.priority}, {v.kind}): {v.summary}" for v in r.variants)
+        table.add_row(r.name, dist, "[green]ok[/]", variants or "(none)")
+    console.print(table)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def models(as_json):
+    """The bundled model catalogue."""
+    cat = bundled_models()
+    if as_json:
+        click.echo(json.dumps({n: {"experts": m.num_experts, "top_k": m.top_k, "hidden": m.expert_hidden,
+                                   "intermediate": m.moe_intermediate_size,
+                                   "activation": m.activation.value, "quant": m.quant.value,
+                                   "router": m.router.kind} for n, m in cat.items()}, indent=2))
+        return
+    table = Table(title=f"{len(cat)} bundled models")
+    for col in ("model", "experts", "top-k", "hidden", "intermediate", "activation", "quant", "router"):
+        table.add_column(col)
+    for n, m in cat.items():
+        table.add_row(n, str(m.num_experts), str(m.top_k), str(m.expert_hidden),
+                      str(m.moe_intermediate_size), m.activation.value, m.quant.value, m.router.kind)
+    console.print(table)
+
+
+def print_resolution(res: Resolution) -> None:
+    console.print(f"[bold]spec[/] {res.spec.model or ''}: {res.spec.describe()}", highlight=False)
+    if res.force or res.disable:
+        console.print(f"force={res.force or '-'} disable={','.join(res.disable) or '-'}")
+    table = Table()
+    for col in ("status", "backend", "priority", "reason"):
+        table.add_column(col, overflow="fold")
+    for c in res.candidates:
+        table.add_row(f"[{_STATUS_STYLE[c.status]}]{c.status}[/]", c.backend, str(c.priority), c.reason)
+    console.print(table)
+    p = res.plan
+    if p is None:
+        console.print("[bold red]no backend can run this spec[/]")
+        return
+    d = p.dispatch
+    console.print(f"[bold green]chosen[/] {p.backend}: {p.reason}", highlight=False)
+    pad = (f"{p.intermediate_padded} (padded from {p.spec.intermediate_per_partition})"
+           if p.padded else str(p.intermediate_padded))
+    console.print(f"  intermediate per partition: {pad}", highlight=False)
+    console.print(f"  dispatch: {d.mode.value}, layout {d.layout}, dtype {d.dtype}"
+                  f"{', round_scale' if d.round_scale else ''}{', ue8m0' if d.use_ue8m0 else ''}"
+                  f"{', nvfp4 global scale' if d.nvfp4_global_scale else ''}", highlight=False)
+    ov = p.overlap
+    console.print(f"  overlap: sbo={ov.sbo} down_gemm={ov.down_gemm}"
+                  f"{' (' + ov.reason + ')' if ov.reason else ''}", highlight=False)
+
+
+@main.command()
+@spec_options
+@click.option("--json", "as_json", is_flag=True, help="Print {spec, chosen, plan, candidates}.")
+@reports_errors
+def explain(as_json, **o):
+    """Why this backend: every candidate with its verdict and reason.
+
+    Exits 0 when a backend is chosen, 2 (with the reasons) when none fits.
+    """
+    spec = build_spec(o, default_tokens=4096)
+    res = default_host().explain(spec, force=o["force"], disable=o["disable"])
+    if as_json:
+        click.echo(json.dumps(res.to_dict(), indent=2))
+    else:
+        print_resolution(res)
+    if res.plan is None:
+        sys.exit(2)
+
+
+main.add_command(run)

@@ -1,0 +1,209 @@
+"""Resolution: ranking, fall-through, determinism, force/forbid, broken-plugin isolation."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import pytest
+
+from conftest import host_with, make_plugin, one
+from moe_core import (BackendUnavailable, NoBackendError, Overlap, ResolutionError, Variant, Verdict)
+from moe_core.errors import PluginError
+from moe_core.plan import BROKEN, DECLINED, DISABLED, NOT_FORCED, SUPPORTED
+
+
+def yes(name, **kw):
+    return make_plugin(one(name, kw.pop("priority", 10)), lambda s: [Verdict.yes(name, f"{name} ok", **kw)])
+
+
+def no(name, reason="nope", priority=10):
+    return make_plugin(one(name, priority), lambda s: [Verdict.no(name, reason)])
+
+
+def statuses(res):
+    return {c.backend: c.status for c in res.candidates}
+
+
+def test_highest_priority_supported_wins_and_others_are_ranked(small_spec):
+    host = host_with(("low", yes("a", priority=10)), ("high", yes("b", priority=50)))
+    res = host.explain(small_spec)
+    assert res.plan.backend == "high:b"
+    assert [c.backend for c in res.candidates[:3]] == ["high:b", "low:a", "reference:loop"]
+    assert statuses(res)["low:a"] == SUPPORTED
+
+
+def test_unsupported_shape_falls_through_with_its_reason(small_spec):
+    host = host_with(("fast", no("k", "intermediate per partition 961 is not a multiple of 16", 90)),
+                     ("mid", yes("m", priority=20)))
+    res = host.explain(small_spec)
+    assert res.plan.backend == "mid:m"
+    declined = next(c for c in res.candidates if c.plugin == "fast")
+    assert declined.status == DECLINED and "961" in declined.reason
+
+
+def test_reference_is_last_resort(small_spec):
+    res = host_with(("x", no("k"))).explain(small_spec)
+    assert res.plan.backend == "reference:loop"
+
+
+def test_preference_breaks_priority_ties_then_names(small_spec):
+    p = make_plugin([Variant("v1", 10), Variant("v2", 10)],
+                    lambda s: [Verdict.yes("v1", preference=0.0), Verdict.yes("v2", preference=1.0)])
+    assert host_with(("p", p)).resolve(small_spec).variant == "v2"
+    # equal priority and preference: alphabetical by plugin, then variant
+    assert host_with(("zz", yes("a")), ("aa", yes("a"))).resolve(small_spec).plugin == "aa"
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(["a", "b", "c"])))
+def test_outcome_does_not_depend_on_registration_order(order, small_spec):
+    plugins = {"a": yes("x", priority=5), "b": yes("x", priority=5), "c": no("x", priority=99)}
+    res = host_with(*[(n, plugins[n]) for n in order]).explain(small_spec)
+    assert res.plan.backend == "a:x"
+    assert [c.backend for c in res.candidates] == ["a:x", "b:x", "reference:loop", "c:x",
+                                                   "reference:grouped_mm"]
+
+
+def test_every_variant_answers_and_v1_v2_choice_comes_from_the_spec(small_spec):
+    def answer(spec):
+        ll = spec.a2a.value == "deepep_ll"
+        return [Verdict.yes("v1", "masked path") if ll else Verdict.no("v1", "needs a2a deepep_ll"),
+                Verdict.no("v2", "a2a deepep_ll uses v1") if ll else Verdict.yes("v2", "standard path")]
+    host = host_with(("cute", make_plugin([Variant("v1", 20), Variant("v2", 20)], answer)))
+    assert host.resolve(small_spec).variant == "v2"
+    ll = small_spec.replace(a2a="deepep_ll", ep_size=2, tp_size=2)
+    plan = host.resolve(ll)
+    assert plan.variant == "v1" and plan.dispatch.layout == "masked"
+
+
+def test_nothing_fits_lists_every_candidate_and_reason(small_spec):
+    host = host_with(("a", no("k", "needs SM100, found cpu")), ("b", no("j", "deep_gemm missing")),
+                     reference=False)
+    with pytest.raises(NoBackendError) as e:
+        host.resolve(small_spec)
+    msg = str(e.value)
+    assert "a:k: needs SM100, found cpu" in msg and "b:j: deep_gemm missing" in msg
+    assert e.value.resolution.plan is None
+
+
+def test_force_by_argument_and_env(monkeypatch, small_spec):
+    host = host_with(("fast", yes("k", priority=90)), ("slow", yes("k", priority=5)))
+    assert host.resolve(small_spec).plugin == "fast"
+    res = host.explain(small_spec, force="slow")
+    assert res.plan.plugin == "slow" and statuses(res)["fast:k"] == NOT_FORCED
+    monkeypatch.setenv("MOE_BACKEND", "reference:loop")
+    assert host.resolve(small_spec).backend == "reference:loop"
+
+
+def test_forcing_an_unsupported_backend_is_an_error_with_its_reason(small_spec):
+    host = host_with(("fast", no("k", "hidden 128 is below the kernel's 256")))
+    with pytest.raises(BackendUnavailable, match="hidden 128 is below the kernel's 256"):
+        host.resolve(small_spec, force="fast")
+    with pytest.raises(ResolutionError, match="no plugin named 'nosuch'.*installed: fast, reference"):
+        host.resolve(small_spec, force="nosuch")
+
+
+def test_disable_by_argument_and_env(monkeypatch, small_spec):
+    host = host_with(("fast", yes("k", priority=90)))
+    res = host.explain(small_spec, disable=["fast"])
+    assert res.plan.plugin == "reference" and statuses(res)["fast:k"] == DISABLED
+    monkeypatch.setenv("MOE_DISABLE", "fast:k, reference:grouped_mm")
+    assert host.resolve(small_spec).plugin == "reference"
+    with pytest.raises(BackendUnavailable):
+        host.resolve(small_spec, force="fast")  # forced but disabled: never silent
+
+
+def test_a_raising_plugin_is_broken_and_the_others_proceed(small_spec):
+    def boom(spec):
+        raise RuntimeError("cuda driver too old")
+    host = host_with(("bad", make_plugin(one("k", 99), boom)), ("good", yes("g")))
+    res = host.explain(small_spec)
+    assert res.plan.plugin == "good"
+    bad = next(c for c in res.candidates if c.plugin == "bad")
+    assert bad.status == BROKEN and "RuntimeError: cuda driver too old" in bad.reason
+
+
+@pytest.mark.parametrize("answer, message", [
+    (lambda s: "yes", "expected a list of Verdict"),
+    (lambda s: [], "expected exactly one verdict"),
+    (lambda s: [Verdict.yes("k"), Verdict.yes("other")], "expected exactly one verdict"),
+    (lambda s: [Verdict.no("k", "  ")], "declined without a reason"),
+    (lambda s: [Verdict.yes("k", padded_intermediate=8)], "padded_intermediate 8"),
+    (lambda s: [Verdict.yes("k", overlap=Overlap(sbo=True))], "enables what the spec did not request"),
+])
+def test_contract_violations_make_a_broken_candidate(answer, message, small_spec):
+    res = host_with(("bad", make_plugin(one("k", 99), answer))).explain(small_spec)
+    bad = next(c for c in res.candidates if c.plugin == "bad")
+    assert bad.status == BROKEN and message in bad.reason
+    assert res.plan.plugin == "reference"
+
+
+def test_configure_dispatcher_failure_falls_through(small_spec):
+    def fail(plan, d):
+        raise ValueError("no fp8 dispatch here")
+    host = host_with(("a", make_plugin(one("k", 50), lambda s: [Verdict.yes("k")], dispatcher=fail)),
+                     ("b", yes("j", priority=20)))
+    res = host.explain(small_spec)
+    assert res.plan.plugin == "b"
+    assert statuses(res)["a:k"] == BROKEN
+
+
+def test_dispatcher_config_lands_in_the_plan_and_mode_cannot_change(small_spec):
+    spec = small_spec.replace(a2a="deepep_ll", tp_size=2, ep_size=2)
+    bf16 = make_plugin(one("k", 50), lambda s: [Verdict.yes("k")],
+                       dispatcher=lambda plan, d: dataclasses.replace(d, dtype="bf16"))
+    plan = host_with(("a", bf16)).resolve(spec)
+    assert plan.dispatch.dtype == "bf16" and plan.dispatch.layout == "masked"
+    with pytest.raises(Exception):
+        dataclasses.replace(plan.dispatch, dtype="int4")
+    sneaky = make_plugin(one("k", 50), lambda s: [Verdict.yes("k")],
+                         dispatcher=lambda plan, d: dataclasses.replace(d, mode=small_spec.a2a))
+    res = host_with(("a", sneaky)).explain(spec)
+    assert statuses(res)["a:k"] == BROKEN and "a2a mode" in next(
+        c.reason for c in res.candidates if c.plugin == "a")
+
+
+def test_plan_records_padding_options_and_is_immutable(small_spec):
+    p = make_plugin(one("k", 50), lambda s: [Verdict.yes("k", padded_intermediate=112, tile=64)])
+    plan = host_with(("pad", p)).resolve(small_spec)
+    assert plan.intermediate_padded == 112 and plan.padded and plan.option("tile") == 64
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        plan.variant = "other"
+    assert hash(plan.spec) == hash(small_spec.replace())
+
+
+def test_overlap_is_decided_once_in_the_plan(small_spec):
+    """S5: SBO on with down-GEMM overlap requested but not offered: the plan says off, with why."""
+    spec = small_spec.replace(sbo=True, down_gemm_overlap=True)
+    plan = host_with().resolve(spec)
+    assert plan.overlap.sbo and not plan.overlap.down_gemm
+    assert "no down-GEMM overlap" in plan.overlap.reason
+    offering = make_plugin(one("k", 50), lambda s: [
+        Verdict.yes("k", overlap=Overlap(sbo=s.sbo, down_gemm=s.down_gemm_overlap))])
+    assert host_with(("o", offering)).resolve(spec).overlap.down_gemm
+
+
+def test_resolution_is_cached_per_spec_and_options(small_spec):
+    calls = []
+    p = make_plugin(one("k"), lambda s: calls.append(s) or [Verdict.yes("k")])
+    host = host_with(("p", p))
+    first = host.resolve(small_spec)
+    assert host.resolve(small_spec.replace()) is first
+    host.resolve(small_spec, disable="p")
+    assert len(calls) == 1  # verdicts are cached per spec, across force/disable
+    host.resolve(small_spec.replace(max_tokens=8))
+    assert len(calls) == 2
+
+
+def test_register_rejects_bad_declarations():
+    host = host_with(
+        ("dup", make_plugin([Variant("a", 1), Variant("a", 2)], lambda s: [])),
+        ("notalist", make_plugin("a", lambda s: [])),
+        ("floaty", make_plugin([Variant("a", 1.5)], lambda s: [])),
+    )
+    recs = {r.name: r for r in host.registry}
+    assert "declares a variant name twice" in recs["dup"].error
+    assert "expected a list of Variant" in recs["notalist"].error
+    assert "expected an int" in recs["floaty"].error
+    with pytest.raises(PluginError, match="already registered"):
+        host.registry.register(object(), "reference")
