@@ -12,7 +12,7 @@ from .. import default_host
 from ..models import bundled_models
 from ..plan import Resolution
 from .common import build_spec, console, reports_errors, spec_options
-from .run import run
+from .run_layer import run
 
 _STATUS_STYLE = {"chosen": "bold green", "supported": "green", "declined": "yellow",
                  "disabled": "magenta", "not forced": "dim", "broken": "bold red"}

@@ -87,13 +87,14 @@ def dequantize_nvfp4(packed: torch.Tensor, scale: torch.Tensor, global_scale: to
 def quantize_mxfp4(x: torch.Tensor):
     """MXFP4-quantize the last dim: ``(packed uint8 [..., ceil(K/2)], e8m0 uint8 [..., ceil(K/32)])``.
 
-    The shared exponent is ``floor(log2(block amax)) - 2`` (OCP MX: e2m1's largest
-    exponent is 2), stored with bias 127; values above 6 after scaling saturate.
+    The shared exponent is ``ceil(log2(block amax / 6))``: the smallest power of two that
+    keeps the block's largest value representable, so nothing saturates (OCP's
+    ``floor(log2(amax)) - 2`` can clip the block max by up to 25%). Stored with bias 127.
     """
     k = x.shape[-1]
     blocks = _blocks(x, MXFP4_GROUP)
     amax = blocks.abs().amax(dim=-1, keepdim=True)
-    exp = torch.where(amax > 0, torch.floor(torch.log2(amax.clamp(min=2.0**-126))) - 2,
+    exp = torch.where(amax > 0, torch.ceil(torch.log2(amax.clamp(min=2.0**-126) / E2M1_MAX)),
                       torch.full_like(amax, -127.0)).clamp(-127, 127)
     codes = e2m1_encode(blocks / torch.exp2(exp)).flatten(-2)[..., :k]
     return pack_nibbles(codes), (exp.squeeze(-1) + 127).to(torch.uint8)
