@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Build the wheels a GPU run needs into .carry/ (git-ignored): our own pure-Python
+# distributions, since the device machine has no network and no hatchling.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rm -rf .carry && mkdir -p .carry
+python3 -m pip wheel -q --no-deps -w .carry ./core ./plugins/*/
+ls -la .carry

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# On the device machine (repo root, .carry/ carried): install our wheels, run the GPU tests
+# and the reference GPU benchmark; logs go to $OUT (or results/tmp).
+set -uo pipefail
+OUT=${OUT:-results/tmp}; mkdir -p "$OUT"
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .carry/*.whl || exit 1
+export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+{ date -u; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; python3 -c "import torch; print('torch', torch.__version__)"; } | tee "$OUT/env.txt"
+python3 -m moe_core.cli plugins 2>&1 | tee "$OUT/plugins.txt"
+python3 -m pytest tests/test_gpu.py -v -s -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.txt"
+python3 benchmarks/reference_gpu_bench.py 2>&1 | tee "$OUT/bench.txt"
