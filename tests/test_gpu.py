@@ -41,7 +41,7 @@ def test_resolved_reference_on_gpu_matches_float64(model, quant, experts, tp, to
     exact = float64_layer(spec, weights, x[:n], tw[:n], ti[:n], quantize_activations=False)
     err = relative_error(out[:n], exact)
     print(f"\nGPU {layer.plan.backend} {model} tokens={tokens}: rel err {err:.2e} "
-          f"(tolerance {tolerance(spec.quant):.0e})")
+          f"(tolerance {tolerance(spec.quant):.2g})")
     assert err < tolerance(spec.quant)
     if spec.quant.value == "bf16" and (spec.sm or 0) >= 90:
         assert layer.plan.variant == "grouped_mm"

@@ -145,7 +145,7 @@ def run(iters, seed, as_json, **o):
         if "error_vs_reference" in r:
             console.print(f"error     {r['error_vs_reference']:.2e} relative vs the reference backend")
         console.print(f"error     {r['error_vs_float64']:.2e} relative vs float64 on "
-                      f"{min(r['tokens'], ORACLE_TOKENS)} tokens (tolerance {r['tolerance']:.0e} "
+                      f"{min(r['tokens'], ORACLE_TOKENS)} tokens (tolerance {r['tolerance']:.2g} "
                       f"for {s['quant']})")
         console.print("[bold green]OK[/]" if r["ok"] else "[bold red]FAILED: error above tolerance[/]")
     if not r["ok"]:
