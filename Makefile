@@ -3,7 +3,7 @@
 # .venv on first use; constraints.txt pins the CPU build of torch.
 VENV ?= .venv
 BIN = $(VENV)/bin
-PLUGINS = $(wildcard plugins/*/pyproject.toml)
+PLUGINS = $(wildcard plugins/*/pyproject.toml examples/*/pyproject.toml)
 EDITABLE = -e core $(foreach p,$(PLUGINS),-e $(dir $(p)))
 
 .PHONY: dev run test bench

@@ -39,12 +39,12 @@ def test_explain_json_shape_and_exit_codes():
     r = invoke("explain", "-m", "Qwen/Qwen3-30B-A3B-FP8", "--arch", "sm90", "--force", "deepgemm")
     assert r.exit_code == 2 and "not implemented yet" in r.output
     # nothing fits once the reference is disabled too
-    r = invoke("explain", "-m", "Qwen/Qwen3-30B-A3B", "--arch", "cpu", "--disable", "reference")
+    r = invoke("explain", "-m", "Qwen/Qwen3-30B-A3B", "--arch", "cpu", "--disable", "reference,example")
     assert r.exit_code == 2 and "no backend can run this spec" in r.output
 
 
 def test_explain_shows_the_plan_in_text():
-    r = invoke("explain", "-m", "Qwen3-30B-A3B", "--arch", "cpu", "--sbo", "--down-gemm-overlap")
+    r = invoke("explain", "-m", "Qwen3-30B-A3B-FP8", "--arch", "cpu", "--sbo", "--down-gemm-overlap")
     assert r.exit_code == 0
     assert "chosen reference:loop" in r.output and "down_gemm=False" in r.output
 

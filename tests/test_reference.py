@@ -10,7 +10,7 @@ from moe_core import MoESpec, Quant
 from moe_core.quant import tolerance
 from moe_core.reference.experts import ReferenceRunner
 from moe_core.reference.oracle import float64_layer, relative_error
-from moe_core.runner import group_by_expert
+from moe_core.runner import combine, contiguous_layout, masked_layout
 from moe_core.synthetic import random_inputs, random_weights
 
 ACTIVATIONS = {
@@ -80,15 +80,12 @@ def test_contiguous_and_masked_layouts_equal_standard(quant):
     x, tw, ti = random_inputs(spec, 20)
     layer = host_with().load(spec, weights)
     standard = layer(x, tw, ti)
-    pairs, offsets = group_by_expert(ti, 0, spec.local_experts)
-    tokens = pairs // spec.top_k
-    contiguous = layer.run_contiguous(x[tokens], offsets)
-    combined = torch.zeros_like(standard).index_add_(0, tokens, contiguous * tw.reshape(-1)[pairs, None])
-    assert relative_error(combined, standard) < 1e-5
-    counts = offsets.diff()
-    masked_x = torch.zeros(spec.local_experts, int(counts.max()), spec.hidden_size)
-    for e in range(spec.local_experts):
-        masked_x[e, : counts[e]] = x[tokens[offsets[e]:offsets[e + 1]]]
+    rows, offsets, tokens, pairs = contiguous_layout(x, ti, 0, spec.local_experts)
+    contiguous = layer.run_contiguous(rows, offsets)
+    assert relative_error(combine(contiguous, tokens, pairs, tw, len(x)), standard) < 1e-5
+    masked_x, counts = masked_layout(rows, offsets)
+    for e in range(spec.local_experts):  # independent of masked_layout: rows of expert e, in order
+        assert torch.equal(masked_x[e, : counts[e]], x[tokens[offsets[e]:offsets[e + 1]]])
     masked = layer.run_masked(masked_x, counts)
     for e in range(spec.local_experts):
         assert torch.allclose(masked[e, : counts[e]], contiguous[offsets[e]:offsets[e + 1]], atol=1e-6)

@@ -45,13 +45,10 @@ class GroupedRunner:
 
     def __call__(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
         """``[T, H]``: the weighted sum over this rank's experts (a partial sum under EP/TP)."""
-        pairs, offsets = group_by_expert(topk_ids, self.spec.first_expert, self.spec.local_experts)
-        tokens = pairs // topk_ids.shape[1]
-        y = self.run_contiguous(x.index_select(0, tokens), offsets)
-        w = topk_weights.reshape(-1).index_select(0, pairs).float()
-        out = torch.zeros(x.shape, dtype=torch.float32, device=x.device)
-        out.index_add_(0, tokens, y.float() * w[:, None])
-        return out.to(x.dtype)
+        rows, offsets, tokens, pairs = contiguous_layout(
+            x, topk_ids, self.spec.first_expert, self.spec.local_experts)
+        y = self.run_contiguous(rows, offsets)
+        return combine(y, tokens, pairs, topk_weights, x.shape[0]).to(x.dtype)
 
     def run_masked(self, x: torch.Tensor, masked_m: torch.Tensor) -> torch.Tensor:
         """``x [E_local, M, H]`` with ``masked_m[e]`` valid rows per expert -> same shape;
@@ -62,3 +59,34 @@ class GroupedRunner:
         out = torch.zeros_like(x)
         out[valid] = self.run_contiguous(x[valid], offsets).to(x.dtype)
         return out
+
+
+def contiguous_layout(x: torch.Tensor, topk_ids: torch.Tensor, first_expert: int, num_local: int):
+    """What a dispatcher hands a contiguous-layout runner, built locally from standard inputs.
+
+    :return: ``(rows [N, H], offsets [E+1], tokens [N], pairs [N])``: ``rows`` are the
+        tokens routed to each local expert, grouped by expert; ``tokens``/``pairs`` map each
+        row back to its token and its flattened top-k slot (for the combine).
+    """
+    pairs, offsets = group_by_expert(topk_ids, first_expert, num_local)
+    tokens = pairs // topk_ids.shape[1]
+    return x.index_select(0, tokens), offsets, tokens, pairs
+
+
+def masked_layout(rows: torch.Tensor, offsets: torch.Tensor, max_m: int | None = None):
+    """Contiguous rows -> ``(x [E, M, H], masked_m [E])`` as DeepEP low-latency delivers them."""
+    counts = offsets.diff()
+    m = int(counts.max()) if max_m is None and counts.numel() else (max_m or 0)
+    out = rows.new_zeros(counts.numel(), max(m, 1), rows.shape[-1])
+    valid = torch.arange(out.shape[1], device=rows.device)[None, :] < counts[:, None]
+    out[valid] = rows
+    return out, counts
+
+
+def combine(rows_out: torch.Tensor, tokens: torch.Tensor, pairs: torch.Tensor,
+            topk_weights: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    """Weighted sum of expert outputs back to ``[num_tokens, H]`` (what a combine does)."""
+    out = torch.zeros(num_tokens, rows_out.shape[-1], dtype=torch.float32, device=rows_out.device)
+    w = topk_weights.reshape(-1).index_select(0, pairs).float()
+    out.index_add_(0, tokens, rows_out.float() * w[:, None])
+    return out
