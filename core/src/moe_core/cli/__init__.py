@@ -1,4 +1,4 @@
-"""The ``moe`` command: ``plugins``, ``models``, ``explain``, ``run``."""
+"""The ``moe`` command: ``plugins``, ``models``, ``explain``, ``run``, ``matrix``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from .. import default_host
 from ..models import bundled_models
 from ..plan import Resolution
 from .common import build_spec, console, reports_errors, spec_options
+from .matrix_cmd import matrix
 from .run_layer import run
 
 _STATUS_STYLE = {"chosen": "bold green", "supported": "green", "declined": "yellow",
@@ -116,3 +117,4 @@ def explain(as_json, **o):
 
 
 main.add_command(run)
+main.add_command(matrix)
