@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rm -rf .carry && mkdir -p .carry
-python3 -m pip wheel -q --no-deps -w .carry ./core ./plugins/*/
+python3 -m pip wheel -q --no-deps -w .carry ./core ./plugins/*/ ./examples/*/
 ls -la .carry
