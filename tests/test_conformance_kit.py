@@ -9,21 +9,25 @@ import pytest
 pytest_plugins = ["pytester"]
 
 PLUGINS = textwrap.dedent('''
-    import torch
     from moe_core import Host, Variant, Verdict, hookimpl
     from moe_core.reference import plugin as reference
     from moe_core.reference.experts import ReferenceRunner
     from moe_core.registry import Registry
 
 
-    class Liar:
-        """Claims every bf16 spec, then crashes on ragged sizes."""
+    class Bf16Only:
+        """Says yes to bf16 specs; subclasses decide how they misbehave."""
+        summary = "bf16 only"
         @hookimpl
         def moe_variants(self):
-            return [Variant("v", 50, "claims everything")]
+            return [Variant("v", 50, self.summary)]
         @hookimpl
         def supports_shape(self, spec):
             return [Verdict.yes("v") if spec.quant.value == "bf16" else Verdict.no("v", "bf16 only, this is " + spec.quant.value)]
+
+
+    class Liar(Bf16Only):
+        """Claims every bf16 spec, then crashes on ragged sizes."""
         @hookimpl
         def make_runner(self, plan, weights):
             if plan.spec.hidden_size % 64:
@@ -31,31 +35,18 @@ PLUGINS = textwrap.dedent('''
             return ReferenceRunner(plan, weights)
 
 
-    class Wrong:
+    class Wrong(Bf16Only):
         """Runs, but doubles the output."""
-        @hookimpl
-        def moe_variants(self):
-            return [Variant("v", 50, "wrong numbers")]
-        @hookimpl
-        def supports_shape(self, spec):
-            return [Verdict.yes("v") if spec.quant.value == "bf16" else Verdict.no("v", "bf16 only, this is " + spec.quant.value)]
         @hookimpl
         def make_runner(self, plan, weights):
             ref = ReferenceRunner(plan, weights)
             return lambda x, w, i: ref(x, w, i) * 2
 
 
-    class Mutator:
-        """Pads the caller's tensor in place."""
-        @hookimpl
-        def moe_variants(self):
-            return [Variant("v", 50, "mutates")]
-        @hookimpl
-        def supports_shape(self, spec):
-            return [Verdict.yes("v") if spec.quant.value == "bf16" else Verdict.no("v", "bf16 only, this is " + spec.quant.value)]
+    class Mutator(Bf16Only):
+        """Zeroes the caller's tensor in place."""
         @hookimpl
         def process_weights(self, plan, weights):
-            weights.w2.mul_(1.0)
             weights.w13.zero_()
             return weights
         @hookimpl

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -134,8 +136,7 @@ def test_zero_padding_the_intermediate_changes_nothing(act):
         w2=torch.nn.functional.pad(weights.w2, (0, P - I)),
         w13_bias=None if bias_halves is None else torch.cat(
             [torch.nn.functional.pad(b, (0, P - I)) for b in bias_halves], 1))
-    padded_plan = plan.__class__(**{**{f: getattr(plan, f) for f in plan.__slots__},
-                                    "intermediate_padded": P})
+    padded_plan = dataclasses.replace(plan, intermediate_padded=P)
     ref = ReferenceRunner(plan, weights)(x, tw, ti)
     out = ReferenceRunner(padded_plan, padded)(x, tw, ti)
     assert torch.equal(out, ref) or relative_error(out, ref) < 1e-6

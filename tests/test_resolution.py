@@ -207,3 +207,11 @@ def test_register_rejects_bad_declarations():
     assert "expected an int" in recs["floaty"].error
     with pytest.raises(PluginError, match="already registered"):
         host.registry.register(object(), "reference")
+
+
+def test_empty_force_and_disable_ignore_the_environment(monkeypatch, small_spec):
+    host = host_with(("fast", yes("k", priority=90)))
+    monkeypatch.setenv("MOE_BACKEND", "reference")
+    monkeypatch.setenv("MOE_DISABLE", "fast")
+    assert host.resolve(small_spec).plugin == "reference"
+    assert host.resolve(small_spec, force="", disable=()).plugin == "fast"

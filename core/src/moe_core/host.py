@@ -40,9 +40,8 @@ def _check_verdicts(spec: MoESpec, declared: tuple[str, ...], answer: Any) -> di
         raise PluginError(f"supports_shape returned {type(answer).__name__}; expected a list of Verdict")
     by_name = {v.variant: v for v in answer}
     if len(by_name) != len(answer) or set(by_name) != set(declared):
-        raise PluginError(f"supports_shape answered for {sorted(by_name)} (with repeats: "
-                          f"{len(by_name) != len(answer)}); expected exactly one verdict for each "
-                          f"of {sorted(declared)}")
+        raise PluginError(f"supports_shape answered for {[v.variant for v in answer]}; expected "
+                          f"exactly one verdict for each of {sorted(declared)}")
     for v in answer:
         if not isinstance(v.reason, str) or (not v.supported and not v.reason.strip()):
             raise PluginError(f"variant {v.variant!r} declined without a reason")
@@ -90,9 +89,10 @@ class Host:
                 disable: Iterable[str] | str | None = None) -> Resolution:
         """The full resolution trace for ``spec`` (never raises for a spec that fits none).
 
-        :param force: ``plugin`` or ``plugin:variant`` to use (default: ``$MOE_BACKEND``).
-        :param disable: backends to forbid, same syntax (default: ``$MOE_DISABLE``, comma
-            separated).
+        :param force: ``plugin`` or ``plugin:variant`` to use (None: ``$MOE_BACKEND``;
+            ``""``: no force, whatever the environment says).
+        :param disable: backends to forbid, same syntax (None: ``$MOE_DISABLE``, comma
+            separated; an empty list: none).
         """
         if not isinstance(spec, MoESpec):
             raise TypeError(f"expected a moe_core.MoESpec, got {type(spec).__name__}")

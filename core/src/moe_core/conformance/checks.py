@@ -47,7 +47,8 @@ def plugin_candidates(host: Host, plugin: str, spec: MoESpec) -> list[Candidate]
                                f"(installed: {', '.join(r.name for r in host.registry)})")
     if rec.status != "ok":
         raise ConformanceError(f"plugin {plugin!r} is broken: {rec.error}")
-    mine = [c for c in host.explain(spec, force=None, disable=()).candidates if c.plugin == plugin]
+    # "" and (): ignore MOE_BACKEND / MOE_DISABLE, which must not change what is checked
+    mine = [c for c in host.explain(spec, force="", disable=()).candidates if c.plugin == plugin]
     for c in mine:
         if c.status == BROKEN:
             raise ConformanceError(f"{c.backend} broke a hook on {spec.describe()}: {c.reason}")
