@@ -34,10 +34,15 @@ def test_explain_json_shape_and_exit_codes():
     assert d["spec"]["intermediate_per_partition"] == 96
     assert {"plugin", "variant", "supported", "reason"} <= set(d["candidates"][0])
     deepgemm = [c for c in d["candidates"] if c["plugin"] == "deepgemm"]
-    assert deepgemm and all(not c["supported"] and "deep_gemm" in c["reason"] for c in deepgemm)
+    assert deepgemm and all(not c["supported"] and "96 is not a multiple of 128" in c["reason"]
+                            for c in deepgemm)
     # a forced backend that cannot run: exit 2 and its reason
-    r = invoke("explain", "-m", "Qwen/Qwen3-30B-A3B-FP8", "--arch", "sm90", "--force", "deepgemm")
-    assert r.exit_code == 2 and "not implemented yet" in r.output
+    r = invoke("explain", "-m", "Qwen/Qwen3-30B-A3B-FP8", "--tp", "8", "--arch", "sm90", "--force",
+               "deepgemm", "--json")
+    forced = json.loads(r.output)
+    assert r.exit_code == 2 and forced["chosen"] is None and forced["force"] == "deepgemm"
+    assert all("96 is not a multiple of 128" in c["reason"] for c in forced["candidates"]
+               if c["plugin"] == "deepgemm")
     # nothing fits once the reference is disabled too
     r = invoke("explain", "-m", "Qwen/Qwen3-30B-A3B", "--arch", "cpu", "--disable", "reference,example")
     assert r.exit_code == 2 and "no backend can run this spec" in r.output

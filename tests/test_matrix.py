@@ -63,7 +63,7 @@ def test_html_page_is_self_contained_with_reasons(tmp_path):
     html = page.read_text()
     assert not re.search(r"https?://|<script|<link", html)
     assert html.count("<table>") == 2 and "<h2>sm90</h2>" in html and "<h2>sm100</h2>" in html
-    assert "deepgemm:contiguous: not implemented yet (issue #4)" in html  # a declined reason, as hover text
+    assert "deepgemm:contiguous_fused: fused activation needs G % 4 == 0" in html  # hover text
     assert "&#39;deep_gemm&#39;" in html or "&#x27;deep_gemm&#x27;" in html  # escaped, not raw markup
 
 

@@ -21,8 +21,15 @@ def test_strings_become_enums_and_sizes_derive():
     assert s.quant is Quant.FP8_BLOCK128 and s.a2a is A2A.DEEPEP_LL and s.arch == "sm90"
     assert (s.moe_tp_size, s.ep_rank, s.moe_tp_rank) == (2, 2, 1)
     assert (s.local_experts, s.first_expert, s.intermediate_per_partition) == (32, 64, 384)
-    assert s.w13_rows == 768 and s.sm == 90 and s.is_nvidia and s.regime is Regime.DECODE
-    assert spec(activation="relu2").w13_rows == 768 and spec(max_tokens=4096).regime is Regime.PREFILL
+    assert s.w13_rows == 768 and s.sm == 90 and s.is_nvidia and s.token_regime is Regime.DECODE
+    assert spec(activation="relu2").w13_rows == 768 and spec(max_tokens=4096).token_regime is Regime.PREFILL
+
+
+def test_the_derived_regime_follows_replace_and_an_override_sticks():
+    decode = spec(max_tokens=64)
+    assert decode.replace(max_tokens=4096).token_regime is Regime.PREFILL
+    forced = spec(max_tokens=64, regime="prefill")
+    assert forced.token_regime is Regime.PREFILL and forced.replace(max_tokens=8).token_regime is Regime.PREFILL
 
 
 def test_frozen_hashable_and_model_name_is_display_only():

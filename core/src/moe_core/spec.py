@@ -103,6 +103,8 @@ class MoESpec:
     a2a: A2A = A2A.NONE
     arch: str = "cpu"
     max_tokens: int = 4096
+    #: Override of the token regime; None derives it from ``max_tokens`` (see
+    #: :attr:`token_regime`), so ``replace(max_tokens=...)`` never leaves it stale.
     regime: Regime | None = None
     sbo: bool = False
     down_gemm_overlap: bool = False
@@ -118,10 +120,7 @@ class MoESpec:
         for name in ("num_experts", "top_k", "hidden_size", "intermediate_size",
                      "tp_size", "ep_size", "max_tokens"):
             _positive(name, getattr(self, name))
-        if self.regime is None:
-            regime = Regime.DECODE if self.max_tokens <= DECODE_MAX_TOKENS else Regime.PREFILL
-            set_(self, "regime", regime)
-        else:
+        if self.regime is not None:
             set_(self, "regime", _enum(Regime, "regime", self.regime))
         if self.act_dtype not in _ACT_DTYPES:
             raise SpecError("act_dtype", f"{self.act_dtype!r} is not one of: {', '.join(_ACT_DTYPES)}")
@@ -200,6 +199,13 @@ class MoESpec:
 
     # -- facts plugins ask about ---------------------------------------------------
     @property
+    def token_regime(self) -> Regime:
+        """Decode (<= 256 tokens per rank) or prefill, unless ``regime`` overrides it."""
+        if self.regime is not None:
+            return self.regime
+        return Regime.DECODE if self.max_tokens <= DECODE_MAX_TOKENS else Regime.PREFILL
+
+    @property
     def sm(self) -> int | None:
         """NVIDIA compute capability as an int (90, 100, ...), None elsewhere."""
         return sm_version(self.arch)
@@ -222,6 +228,7 @@ class MoESpec:
             intermediate_per_partition=self.intermediate_per_partition,
             moe_tp_size=self.moe_tp_size,
             ep_rank=self.ep_rank,
+            token_regime=self.token_regime,
         )
         return {k: (v.value if isinstance(v, StrEnum) else v) for k, v in d.items()}
 
@@ -236,5 +243,5 @@ class MoESpec:
             f"E={self.num_experts} ({self.local_experts} local) top{self.top_k} "
             f"H={self.hidden_size} I={self.intermediate_size} ({self.intermediate_per_partition}/rank) "
             f"{act} {self.quant.value} tp{self.tp_size} ep{self.ep_size} a2a={self.a2a.value} "
-            f"{self.arch} tokens<={self.max_tokens} ({self.regime.value}){overlap}"
+            f"{self.arch} tokens<={self.max_tokens} ({self.token_regime.value}){overlap}"
         )

@@ -1,26 +1,59 @@
-"""DeepGEMM backend (skeleton): grouped GEMMs in the contiguous (prefill, DeepEP normal)
-and masked (DeepEP low-latency, decode) layouts. Kernels land with issue #4."""
+"""DeepGEMM backend: grouped GEMMs in the contiguous (a2a none, DeepEP normal, prefill) and
+masked (DeepEP low-latency, decode) layouts, bf16 or fp8 128x128-block weights.
 
-from moe_core import Variant, Verdict, hookimpl
-from moe_core.availability import missing_module
+For fp8 layers the activation step between the two GEMMs is either our fused Triton
+kernel (SiLU-and-mul, optional SwiGLU clamp, per-token-group FP8 quant, scales written in
+DeepGEMM's MN-major layout; needs G % 4 == 0 and, for DeepEP's masked buffers, N % 4 == 0)
+or the unfused path (activation, then quant; any shape, no clamp). Scenario S1 is the
+fall-through between them; S4 is :func:`configure_dispatcher`; S5 is the overlap decision.
 
-VARIANTS = [
-    Variant("contiguous", 30, "m_grouped GEMM, contiguous layout (a2a none / DeepEP normal)"),
-    Variant("masked", 30, "m_grouped GEMM, masked layout (DeepEP low-latency)"),
-]
+Importing this module imports neither torch nor deep_gemm.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from moe_core import A2A, Variant, hookimpl
+from moe_core.spec import Quant
+
+from .constraints import VARIANTS, verdicts
 
 
 @hookimpl
 def moe_variants():
-    return VARIANTS
+    return [Variant(name, priority, summary) for name, (priority, summary) in VARIANTS.items()]
 
 
 @hookimpl
 def supports_shape(spec):
-    why = "; ".join(filter(None, ["not implemented yet (issue #4)", missing_module("deep_gemm")]))
-    return [Verdict.no(v.name, why) for v in VARIANTS]
+    return verdicts(spec)
+
+
+@hookimpl
+def configure_dispatcher(plan, dispatcher):
+    """S4: BF16 dispatch exactly for unquantized BF16 layers on DeepEP low-latency on NVIDIA;
+    fp8 layers dispatch fp8, with round_scale/UE8M0 only on SM100; the rest keep theirs."""
+    spec = plan.spec
+    if spec.a2a is A2A.NONE or not spec.is_nvidia:
+        return None
+    if spec.quant is Quant.BF16 and spec.a2a is A2A.DEEPEP_LL:
+        return dataclasses.replace(dispatcher, dtype="bf16", round_scale=False, use_ue8m0=False)
+    if spec.quant is Quant.FP8_BLOCK128 and dispatcher.dtype == "fp8":
+        sm100 = (spec.sm or 0) >= 100
+        return dataclasses.replace(dispatcher, round_scale=sm100, use_ue8m0=sm100)
+    return None
+
+
+@hookimpl
+def process_weights(plan, weights):
+    from .weights import prepare
+
+    return prepare(plan, weights)
 
 
 @hookimpl
 def make_runner(plan, weights):
-    raise NotImplementedError("the deepgemm skeleton declines every spec until issue #4 lands")
+    from .runner import DeepGemmRunner
+
+    return DeepGemmRunner(plan, weights)

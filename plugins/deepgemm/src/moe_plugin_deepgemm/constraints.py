@@ -1,0 +1,96 @@
+"""What each DeepGEMM variant supports, as data and reasons. Pure: no torch, no deep_gemm."""
+
+from __future__ import annotations
+
+from moe_core import A2A, Activation, Overlap, Quant, Regime, Verdict
+from moe_core.availability import missing_module
+
+CONTIGUOUS, MASKED = "contiguous", "masked"
+CONTIGUOUS_FUSED, MASKED_FUSED = "contiguous_fused", "masked_fused"
+VARIANTS = {
+    CONTIGUOUS_FUSED: (31, "contiguous grouped GEMM, fused SiLU-and-mul + FP8 quant (fp8)"),
+    MASKED_FUSED: (31, "masked grouped GEMM, fused SiLU-and-mul + FP8 quant (fp8)"),
+    CONTIGUOUS: (30, "contiguous grouped GEMM, unfused activation (a2a none / DeepEP normal)"),
+    MASKED: (30, "masked grouped GEMM, unfused activation (DeepEP low-latency / decode)"),
+}
+#: DeepGEMM's SM90 kernels: bf16 needs K % 64 (sm90_bf16_gemm.hpp); fp8 128x128 blocks
+#: need K and N in whole 128-blocks so the weight scales line up.
+ALIGN = {Quant.BF16: 64, Quant.FP8_BLOCK128: 128}
+#: The fused kernel tiles 4 rows x 4 groups of 128 without bounds masks.
+FUSED_TILE = 4
+_CONTIGUOUS_A2A = (A2A.NONE, A2A.DEEPEP_NORMAL, A2A.TORCH_A2A)
+
+
+def _common(spec) -> str | None:
+    """Why no DeepGEMM variant can run ``spec`` for its shape (None if some may)."""
+    if spec.sm not in (90, 100, 103):
+        return f"needs an NVIDIA SM90 or SM100 GPU for DeepGEMM's kernels, found {spec.arch}"
+    if spec.quant not in ALIGN:
+        return f"weights must be bf16 or fp8_block128, got {spec.quant.value}"
+    if spec.act_dtype != "bf16":
+        return f"DeepGEMM reads and writes bf16 activations, got {spec.act_dtype}"
+    if spec.has_bias:
+        return "expert biases are not supported by DeepGEMM's grouped GEMMs"
+    align, inter = ALIGN[spec.quant], spec.intermediate_per_partition
+    for name, size in (("hidden", spec.hidden_size), ("intermediate per partition", inter)):
+        if size % align:
+            return (f"{name} {size} is not a multiple of {align} "
+                    f"({'fp8 128x128 weight blocks' if align == 128 else 'bf16 GEMM K alignment'})")
+    return None
+
+
+def _layout(spec, variant_layout: str) -> str | None:
+    if variant_layout == CONTIGUOUS:
+        if spec.a2a not in _CONTIGUOUS_A2A:
+            return f"a2a {spec.a2a.value} delivers the masked layout; the masked variant takes it"
+        return None
+    if spec.a2a is A2A.DEEPEP_LL or (spec.a2a is A2A.NONE and spec.token_regime is Regime.DECODE):
+        return None
+    return (f"the masked layout is for DeepEP low-latency or decode batches of <= 256 tokens; "
+            f"this is a2a {spec.a2a.value}, {spec.token_regime.value}")
+
+
+def _activation(spec, fused: bool) -> str | None:
+    if fused:
+        if spec.quant is not Quant.FP8_BLOCK128:
+            return "the fused activation + FP8 quant is for fp8_block128 layers"
+        if spec.activation not in (Activation.SILU_GATED, Activation.SWIGLU_LIMIT):
+            return f"the fused kernel computes SiLU-gated activations, not {spec.activation.value}"
+        groups = spec.intermediate_per_partition // 128
+        if groups % FUSED_TILE:
+            return (f"fused activation needs G % 4 == 0; G = {groups} groups of 128 in the "
+                    f"intermediate per partition {spec.intermediate_per_partition}")
+        if spec.a2a is A2A.DEEPEP_LL and (spec.max_tokens * spec.ep_size) % FUSED_TILE:
+            rows = spec.max_tokens * spec.ep_size
+            return (f"fused activation needs N % 4 == 0; DeepEP's masked buffer has N = {rows} "
+                    f"rows per expert ({spec.max_tokens} tokens x {spec.ep_size} ranks)")
+        return None
+    if spec.activation is Activation.SWIGLU_LIMIT:
+        return ("a SwiGLU clamp limit is applied only by the fused activation kernel; "
+                "the unfused path has none")
+    return None
+
+
+def _overlap(spec) -> Overlap | None:
+    if not spec.down_gemm_overlap:
+        return None
+    return Overlap(sbo=spec.sbo, down_gemm=False,
+                   reason="deep_gemm's masked GEMM here takes no overlap signal arguments")
+
+
+def verdicts(spec) -> list[Verdict]:
+    common = _common(spec)
+    out = []
+    for name in VARIANTS:
+        layout = MASKED if name.startswith(MASKED) else CONTIGUOUS
+        # Shape reasons first, so machines without deep_gemm still explain S1-style choices.
+        why = (common or _layout(spec, layout) or _activation(spec, name.endswith("_fused"))
+               or missing_module("deep_gemm"))
+        if why:
+            out.append(Verdict.no(name, why))
+            continue
+        decode_masked = layout == MASKED and spec.a2a is A2A.NONE
+        out.append(Verdict.yes(
+            name, f"DeepGEMM {layout} {spec.quant.value} grouped GEMM on {spec.arch}",
+            preference=1.0 if decode_masked else 0.0, overlap=_overlap(spec)))
+    return out

@@ -1,0 +1,197 @@
+"""DeepGEMM plugin on CPU: declarations (S1), dispatcher (S4), overlap (S5), weight layout,
+and the runner's plumbing against the reference through a stand-in ``deep_gemm``."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import moe_plugin_deepgemm as plugin
+from moe_core import Host, MoESpec, spec_for_model
+from moe_core.availability import missing_module
+from moe_core.reference import plugin as reference
+from moe_core.reference.oracle import relative_error
+from moe_core.registry import Registry
+from moe_core.synthetic import random_inputs, random_weights
+from moe_plugin_deepgemm.runner import DeepGemmRunner
+from moe_plugin_deepgemm.weights import prepare, requantize_ue8m0
+
+FAKE = Path(__file__).with_name("fake_deep_gemm")
+
+
+@pytest.fixture
+def fake_dg(monkeypatch):
+    """Make ``deep_gemm`` importable as the CPU stand-in for one test."""
+    monkeypatch.syspath_prepend(str(FAKE))
+    missing_module.cache_clear()
+    monkeypatch.delitem(sys.modules, "deep_gemm", raising=False)
+    import deep_gemm
+    deep_gemm.calls.clear()
+    yield deep_gemm
+    sys.modules.pop("deep_gemm", None)
+    missing_module.cache_clear()
+
+
+def host():
+    reg = Registry()
+    reg.register(reference, "reference")
+    reg.register(plugin, "deepgemm")
+    return Host(reg)
+
+
+def trace(spec):
+    return {c.variant: c for c in host().explain(spec, force="", disable=()).candidates
+            if c.plugin == "deepgemm"}
+
+
+# -- S1: declarations --------------------------------------------------------------
+@pytest.mark.parametrize("tp, fused, unfused", [
+    (1, "G = 6 groups of 128", None),
+    (2, "G = 3 groups of 128", None),
+    (4, "intermediate per partition 192 is not a multiple of 128", "192 is not a multiple of 128"),
+    (8, "intermediate per partition 96 is not a multiple of 128", "96 is not a multiple of 128"),
+])
+def test_s1_qwen3_fp8_falls_from_fused_to_unfused(fake_dg, tp, fused, unfused):
+    spec = spec_for_model("Qwen/Qwen3-30B-A3B-FP8", tp=tp, arch="sm90")
+    t = trace(spec)
+    assert fused in t["contiguous_fused"].reason and not t["contiguous_fused"].supported
+    if unfused is None:
+        assert t["contiguous"].status == "chosen"
+    else:
+        assert unfused in t["contiguous"].reason
+        assert host().resolve(spec).plugin == "reference"
+
+
+def test_s1_a_clamp_limit_on_an_unaligned_shape_falls_to_another_plugin(fake_dg):
+    spec = MoESpec(num_experts=16, top_k=4, hidden_size=2048, intermediate_size=768,
+                   quant="fp8_block128", activation="swiglu_limit", swiglu_limit=7.0, arch="sm90")
+    t = trace(spec)
+    assert "G = 6" in t["contiguous_fused"].reason
+    assert "SwiGLU clamp limit is applied only by the fused" in t["contiguous"].reason
+    assert host().resolve(spec).plugin == "reference"
+    aligned = spec.replace(intermediate_size=1024)  # G = 8: the fused kernel takes the clamp
+    assert host().resolve(aligned).backend == "deepgemm:contiguous_fused"
+
+
+def test_s1_masked_buffer_rows_must_be_a_multiple_of_4_for_fused(fake_dg):
+    spec = MoESpec(num_experts=64, top_k=8, hidden_size=2048, intermediate_size=1024,
+                   quant="fp8_block128", arch="sm90", a2a="deepep_ll", tp_size=2, ep_size=2,
+                   max_tokens=129)
+    t = trace(spec)
+    assert "N = 258 rows per expert" in t["masked_fused"].reason
+    assert host().resolve(spec).backend == "deepgemm:masked"
+    assert host().resolve(spec.replace(max_tokens=128)).backend == "deepgemm:masked_fused"
+
+
+@pytest.mark.parametrize("change, reason", [
+    (dict(arch="sm80"), "needs an NVIDIA SM90 or SM100 GPU"),
+    (dict(arch="cpu"), "needs an NVIDIA SM90 or SM100 GPU"),
+    (dict(quant="nvfp4"), "weights must be bf16 or fp8_block128"),
+    (dict(act_dtype="fp32"), "bf16 activations"),
+    (dict(activation="swiglu_limit", swiglu_limit=7.0, swiglu_alpha=1.702, has_bias=True),
+     "expert biases are not supported"),
+    (dict(hidden_size=2000), "hidden 2000 is not a multiple of 64"),
+])
+def test_declines_with_the_real_constraint(fake_dg, change, reason):
+    base = MoESpec(num_experts=8, top_k=2, hidden_size=2048, intermediate_size=1024, arch="sm90")
+    for c in trace(base.replace(**change)).values():
+        assert reason in c.reason and not c.supported
+
+
+def test_without_deep_gemm_the_reason_says_so():
+    missing_module.cache_clear()
+    spec = MoESpec(num_experts=8, top_k=2, hidden_size=2048, intermediate_size=1024, arch="sm90")
+    assert "deep_gemm not importable" in trace(spec)["contiguous"].reason
+
+
+def test_decode_prefers_masked_and_prefill_contiguous(fake_dg):
+    spec = spec_for_model("Qwen/Qwen3-30B-A3B", arch="sm90", max_tokens=64)
+    assert host().resolve(spec).backend == "deepgemm:masked"
+    assert host().resolve(spec.replace(max_tokens=4096)).backend == "deepgemm:contiguous"
+
+
+# -- S4: dispatcher -------------------------------------------------------------------
+@pytest.mark.parametrize("quant", ["bf16", "fp8_block128"])
+@pytest.mark.parametrize("a2a", ["deepep_normal", "deepep_ll", "torch_a2a"])
+@pytest.mark.parametrize("arch", ["sm90", "sm100"])
+def test_s4_dispatch_dtype(fake_dg, quant, a2a, arch):
+    spec = MoESpec(num_experts=64, top_k=8, hidden_size=2048, intermediate_size=1024, quant=quant,
+                   arch=arch, a2a=a2a, tp_size=8, ep_size=8, max_tokens=128)
+    plan = host().resolve(spec, force="deepgemm")
+    d = plan.dispatch
+    if quant == "bf16":
+        # BF16 exactly for unquantized + DeepEP low-latency; otherwise the host's own default
+        assert d.dtype == ("bf16" if a2a == "deepep_ll" else "bf16")
+        assert not (d.round_scale or d.use_ue8m0)
+    else:
+        want = "fp8" if a2a.startswith("deepep") else "bf16"
+        assert d.dtype == want
+        sm100 = arch == "sm100" and want == "fp8"
+        assert (d.round_scale, d.use_ue8m0) == (sm100, sm100)
+
+
+def test_s4_bf16_low_latency_is_what_changes(fake_dg):
+    """Without the plugin's say, DeepEP low-latency dispatches FP8; DeepGEMM turns it to BF16
+    for unquantized layers only."""
+    spec = MoESpec(num_experts=64, top_k=8, hidden_size=2048, intermediate_size=1024,
+                   arch="sm90", a2a="deepep_ll", tp_size=8, ep_size=8, max_tokens=128)
+    assert host().resolve(spec, force="reference").dispatch.dtype == "fp8"
+    assert host().resolve(spec, force="deepgemm").dispatch.dtype == "bf16"
+    assert host().resolve(spec.replace(quant="fp8_block128"), force="deepgemm").dispatch.dtype == "fp8"
+
+
+# -- S5: overlap ----------------------------------------------------------------------
+def test_s5_sbo_on_down_gemm_overlap_off_runs_without_unpacking(fake_dg):
+    spec = MoESpec(num_experts=4, top_k=2, hidden_size=128, intermediate_size=128, arch="sm90",
+                   quant="fp8_block128", max_tokens=16, sbo=True, down_gemm_overlap=True)
+    plan = host().resolve(spec)
+    assert plan.variant.startswith("masked")
+    assert plan.overlap.sbo and not plan.overlap.down_gemm
+    assert "no overlap signal arguments" in plan.overlap.reason
+    runner = DeepGemmRunner(plan, prepare(plan, random_weights(spec, device="cpu")))
+    runner(*random_inputs(spec, 8, device="cpu"))  # the fake returns None, as DeepGEMM does
+    assert "fp8_masked" in fake_dg.calls and runner.overlap_result is None
+    # the runner reads overlap results only when the plan enabled them
+    on = DeepGemmRunner(dataclasses.replace(plan, overlap=dataclasses.replace(plan.overlap, down_gemm=True)),
+                        runner.weights)
+    with pytest.raises(TypeError):
+        on(*random_inputs(spec, 8, device="cpu"))
+
+
+# -- weights and runner plumbing ------------------------------------------------------
+def test_process_weights_keeps_the_callers_tensors_and_sm100_scales_are_powers_of_two():
+    spec = MoESpec(num_experts=2, top_k=1, hidden_size=256, intermediate_size=256,
+                   quant="fp8_block128", arch="sm100")
+    w = random_weights(spec, device="cpu")
+    before = w.w13.view(torch.uint8).clone()
+    out = requantize_ue8m0(spec, w)
+    assert torch.equal(w.w13.view(torch.uint8), before)
+    for name in ("w13_scale", "w2_scale"):
+        assert torch.equal(torch.exp2(torch.log2(out[name]).round()), out[name])
+    from moe_core.quant import dequantize_weights
+    orig, _ = dequantize_weights(spec, w)
+    new, _ = dequantize_weights(spec, w.replace(w13=out["w13"], w13_scale=out["w13_scale"]))
+    assert relative_error(new, orig) < 5e-2
+
+
+@pytest.mark.parametrize("quant, variant", [
+    ("bf16", "contiguous"), ("bf16", "masked"), ("fp8_block128", "contiguous"),
+    ("fp8_block128", "masked"), ("fp8_block128", "contiguous_fused"), ("fp8_block128", "masked_fused")])
+def test_runner_matches_the_reference_through_the_stand_in(fake_dg, quant, variant):
+    spec = MoESpec(num_experts=6, top_k=2, hidden_size=256, intermediate_size=512, quant=quant,
+                   arch="sm90", max_tokens=64 if variant.startswith("masked") else 300)
+    plan = host().resolve(spec, force=f"deepgemm:{variant}")
+    weights = random_weights(spec, device="cpu")
+    x, tw, ti = random_inputs(spec, 40, device="cpu")
+    out = DeepGemmRunner(plan, prepare(plan, weights))(x, tw, ti)
+    ref_plan = host().resolve(spec, force="reference:loop")
+    from moe_core.reference.experts import ReferenceRunner
+    ref = ReferenceRunner(ref_plan, weights)(x, tw, ti)
+    assert relative_error(out, ref) < (1e-2 if quant == "bf16" else 3e-2)
+    assert any(c.startswith(quant.split("_")[0]) for c in fake_dg.calls)
+    empty = DeepGemmRunner(plan, prepare(plan, weights))(x[:0], tw[:0], ti[:0])
+    assert empty.shape == (0, 256)
