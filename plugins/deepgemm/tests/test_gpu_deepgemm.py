@@ -1,0 +1,89 @@
+"""DeepGEMM on a real GPU (the H100 test machine; results in docs/results.md)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+import moe_plugin_deepgemm as plugin
+from moe_core import Host, spec_for_model
+from moe_core.quant import tolerance
+from moe_core.reference import plugin as reference
+from moe_core.reference.oracle import relative_error
+from moe_core.registry import Registry
+from moe_core.runner import contiguous_layout, masked_layout
+from moe_core.synthetic import random_inputs, random_weights
+
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: run scripts/gpu_run.sh "
+                       "on the device machine (recorded in docs/results.md)"),
+    pytest.mark.skipif(importlib.util.find_spec("deep_gemm") is None,
+                       reason="deep_gemm not importable: scripts/gpu_run.sh builds it on the device"),
+]
+
+
+@pytest.fixture(scope="module")
+def host():
+    reg = Registry()
+    reg.register(reference, "reference")
+    reg.register(plugin, "deepgemm")
+    return Host(reg)
+
+
+@pytest.mark.parametrize("limit, alpha", [(None, None), (7.0, None), (7.0, 1.702)])
+def test_fused_kernel_matches_its_definition(limit, alpha):
+    from moe_plugin_deepgemm.fused_act import fused_silu_mul_quant, reference as definition
+
+    h = (torch.randn(3, 64, 2 * 1024, device="cuda") * 4).to(torch.bfloat16)
+    q, s = fused_silu_mul_quant(h, limit, alpha)
+    q_ref, s_ref = definition(h, limit, alpha)
+    assert s.stride(-2) == 1, "scales must be MN-major"
+    torch.testing.assert_close(s, s_ref, rtol=1e-5, atol=0)
+    deq = q.float().unflatten(-1, (-1, 128)) * s[..., None]
+    deq_ref = q_ref.float().unflatten(-1, (-1, 128)) * s_ref[..., None]
+    assert relative_error(deq, deq_ref) < 1e-2
+
+
+CASES = [  # model, quant, tp, experts kept, expected variant at decode / prefill
+    ("Qwen/Qwen3-30B-A3B", "bf16", 1, 32, "masked", "contiguous"),
+    ("Qwen/Qwen3-30B-A3B-FP8", None, 1, 32, "masked", "contiguous"),  # G=6: S1 unfused
+    ("Qwen/Qwen3-235B-A22B-FP8", None, 1, 16, "masked_fused", "contiguous_fused"),  # G=12
+    ("deepseek-ai/DeepSeek-V3", None, 1, 16, "masked_fused", "contiguous_fused"),  # G=16
+    ("deepseek-ai/DeepSeek-V3", None, 8, 16, "masked", "contiguous"),  # I/rank 256: G=2
+    ("nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16", None, 1, 16, "masked", "contiguous"),  # relu2
+]
+
+
+@pytest.mark.parametrize("model, quant, tp, experts, decode, prefill", CASES,
+                         ids=[f"{c[0].split('/')[1]}-tp{c[2]}" for c in CASES])
+@pytest.mark.parametrize("tokens", [64, 2048], ids=["decode", "prefill"])
+def test_resolved_deepgemm_matches_the_reference(host, model, quant, tp, experts, decode, prefill, tokens):
+    spec = spec_for_model(model, quant=quant, tp=tp, experts=experts, arch="auto", max_tokens=tokens)
+    plan = host.resolve(spec)
+    assert plan.backend == f"deepgemm:{decode if tokens <= 256 else prefill}"
+    weights = random_weights(spec)
+    x, tw, ti = random_inputs(spec, tokens)
+    out = host.load(plan, weights)(x, tw, ti)
+    ref = host.load(host.resolve(spec, force="reference:loop"), weights)(x, tw, ti)
+    err = relative_error(out, ref)
+    print(f"\n{plan.backend} {model} tp{tp} tokens={tokens}: rel err vs reference {err:.2e}")
+    assert err < tolerance(spec.quant)
+
+
+@pytest.mark.parametrize("quant", ["bf16", "fp8_block128"])
+def test_masked_layout_from_deepep_low_latency(host, quant):
+    spec = spec_for_model("deepseek-ai/DeepSeek-V3", quant=quant, experts=32, tp=2, ep=2, rank=1,
+                          a2a="deepep_ll", arch="auto", max_tokens=128)
+    plan = host.resolve(spec)
+    assert plan.plugin == "deepgemm" and plan.dispatch.layout == "masked"
+    assert plan.dispatch.dtype == ("bf16" if quant == "bf16" else "fp8")  # S4
+    weights = random_weights(spec)
+    x, _, ti = random_inputs(spec, 128)
+    rows, offsets, _, _ = contiguous_layout(x, ti, spec.first_expert, spec.local_experts)
+    masked, counts = masked_layout(rows, offsets, spec.max_tokens * spec.ep_size)
+    out = host.load(plan, weights).run_masked(masked, counts)
+    ref = host.load(host.resolve(spec, force="reference:loop"), weights).run_masked(masked, counts)
+    assert relative_error(out, ref) < tolerance(spec.quant)
