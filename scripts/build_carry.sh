@@ -3,6 +3,6 @@
 # distributions, since the device machine has no network and no hatchling.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rm -rf .carry && mkdir -p .carry
+mkdir -p .carry && rm -f .carry/*.whl
 python3 -m pip wheel -q --no-deps -w .carry ./core ./plugins/*/ ./examples/*/
 ls -la .carry
