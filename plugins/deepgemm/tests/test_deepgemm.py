@@ -77,13 +77,14 @@ def test_s1_a_clamp_limit_on_an_unaligned_shape_falls_to_another_plugin(fake_dg)
     assert host().resolve(aligned).backend == "deepgemm:contiguous_fused"
 
 
-def test_s1_masked_buffer_rows_must_be_a_multiple_of_4_for_fused(fake_dg):
+def test_deepep_masked_buffer_rows_must_be_whole_tiles(fake_dg):
     spec = MoESpec(num_experts=64, top_k=8, hidden_size=2048, intermediate_size=1024,
                    quant="fp8_block128", arch="sm90", a2a="deepep_ll", tp_size=2, ep_size=2,
-                   max_tokens=129)
+                   max_tokens=100)
     t = trace(spec)
-    assert "N = 258 rows per expert" in t["masked_fused"].reason
-    assert host().resolve(spec).backend == "deepgemm:masked"
+    for variant in ("masked", "masked_fused"):
+        assert "N = 200 rows per expert" in t[variant].reason and "N % 128" in t[variant].reason
+    assert host().resolve(spec).plugin == "reference"
     assert host().resolve(spec.replace(max_tokens=128)).backend == "deepgemm:masked_fused"
 
 

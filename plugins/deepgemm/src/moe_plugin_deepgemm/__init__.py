@@ -3,7 +3,7 @@ masked (DeepEP low-latency, decode) layouts, bf16 or fp8 128x128-block weights.
 
 For fp8 layers the activation step between the two GEMMs is either our fused Triton
 kernel (SiLU-and-mul, optional SwiGLU clamp, per-token-group FP8 quant, scales written in
-DeepGEMM's MN-major layout; needs G % 4 == 0 and, for DeepEP's masked buffers, N % 4 == 0)
+DeepGEMM's MN-major layout; needs G % 4 == 0 groups of 128 in the intermediate size)
 or the unfused path (activation, then quant; any shape, no clamp). Scenario S1 is the
 fall-through between them; S4 is :func:`configure_dispatcher`; S5 is the overlap decision.
 

@@ -18,6 +18,10 @@ VARIANTS = {
 ALIGN = {Quant.BF16: 64, Quant.FP8_BLOCK128: 128}
 #: The fused kernel tiles 4 rows x 4 groups of 128 without bounds masks.
 FUSED_TILE = 4
+#: DeepGEMM's SM90 masked kernels TMA-store whole BLOCK_M (64 or 128) row tiles at
+#: ``group * M + offset``: a buffer of M rows per expert not a multiple of 128 lets one
+#: expert's last tile overwrite the next expert's rows (measured on the H100).
+MASKED_ROWS = 128
 _CONTIGUOUS_A2A = (A2A.NONE, A2A.DEEPEP_NORMAL, A2A.TORCH_A2A)
 
 
@@ -44,7 +48,13 @@ def _layout(spec, variant_layout: str) -> str | None:
         if spec.a2a not in _CONTIGUOUS_A2A:
             return f"a2a {spec.a2a.value} delivers the masked layout; the masked variant takes it"
         return None
-    if spec.a2a is A2A.DEEPEP_LL or (spec.a2a is A2A.NONE and spec.token_regime is Regime.DECODE):
+    if spec.a2a is A2A.DEEPEP_LL:
+        rows = spec.max_tokens * spec.ep_size
+        if rows % MASKED_ROWS:
+            return (f"DeepEP's masked buffer has N = {rows} rows per expert ({spec.max_tokens} tokens "
+                    f"x {spec.ep_size} ranks); DeepGEMM's masked GEMM needs N % {MASKED_ROWS} == 0")
+        return None
+    if spec.a2a is A2A.NONE and spec.token_regime is Regime.DECODE:
         return None
     return (f"the masked layout is for DeepEP low-latency or decode batches of <= 256 tokens; "
             f"this is a2a {spec.a2a.value}, {spec.token_regime.value}")
@@ -60,11 +70,7 @@ def _activation(spec, fused: bool) -> str | None:
         if groups % FUSED_TILE:
             return (f"fused activation needs G % 4 == 0; G = {groups} groups of 128 in the "
                     f"intermediate per partition {spec.intermediate_per_partition}")
-        if spec.a2a is A2A.DEEPEP_LL and (spec.max_tokens * spec.ep_size) % FUSED_TILE:
-            rows = spec.max_tokens * spec.ep_size
-            return (f"fused activation needs N % 4 == 0; DeepEP's masked buffer has N = {rows} "
-                    f"rows per expert ({spec.max_tokens} tokens x {spec.ep_size} ranks)")
-        return None
+        return None  # rows: multiples of 128 in every layout we run (MASKED_ROWS, alignment)
     if spec.activation is Activation.SWIGLU_LIMIT:
         return ("a SwiGLU clamp limit is applied only by the fused activation kernel; "
                 "the unfused path has none")

@@ -9,8 +9,9 @@ from moe_core.quant.fp8 import quantize_fp8_blockwise
 from moe_core.runner import GroupedRunner, masked_layout
 from moe_core.spec import Quant
 
+from .constraints import MASKED_ROWS
+
 RECIPE = (1, 128, 128)  # 1x128 activation groups, 128x128 weight blocks
-ROW_TILE = 4  # masked buffers we build get M % 4 == 0 (the fused kernel's tile)
 
 
 def _round_up(n: int, m: int) -> int:
@@ -71,7 +72,7 @@ class DeepGemmRunner(GroupedRunner):
     # -- layouts ---------------------------------------------------------------------
     def run_contiguous(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         if self.masked:
-            masked, counts = masked_layout(x, offsets, _round_up(max(int(offsets.diff().max()), 1), ROW_TILE))
+            masked, counts = masked_layout(x, offsets, _round_up(max(int(offsets.diff().max()), 1), MASKED_ROWS))
             out = self.run_masked(masked, counts)
             valid = torch.arange(out.shape[1], device=out.device)[None, :] < counts[:, None]
             return out[valid]

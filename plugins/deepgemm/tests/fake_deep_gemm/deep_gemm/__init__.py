@@ -61,6 +61,8 @@ def m_grouped_fp8_gemm_nt_contiguous(a, b, d, grouped_layout, recipe=None, **kw)
 
 def _masked(a, b, d, masked_m, expected_m):
     assert masked_m.dtype == torch.int32 and masked_m.is_contiguous() and expected_m > 0
+    # the real kernel stores 64/128-row tiles at group * M + offset: M % 128 keeps them apart
+    assert a.shape[1] % 128 == 0, f"masked M = {a.shape[1]} is not a multiple of 128"
     assert a.shape[0] == b.shape[0] == d.shape[0] == masked_m.numel()
     for g in range(b.shape[0]):
         m = int(masked_m[g])
