@@ -76,8 +76,8 @@ def main() -> None:
         sizes = DECODE_M if regime == "decode" else PREFILL_ROWS
         for size in sizes:
             gen = torch.Generator(device="cuda").manual_seed(size)
-            if regime == "decode":
-                x = torch.randn(E, size, H, device="cuda", generator=gen).to(torch.bfloat16)
+            if regime == "decode":  # DeepEP-style buffer of 128 rows, `size` of them valid
+                x = torch.randn(E, 128, H, device="cuda", generator=gen).to(torch.bfloat16)
                 counts = torch.full((E,), size, dtype=torch.int64, device="cuda")
                 fn = (lambda lay=layer, x=x, c=counts: lay.run_masked(x, c))
                 rows = E * size

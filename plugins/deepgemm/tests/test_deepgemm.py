@@ -196,3 +196,17 @@ def test_runner_matches_the_reference_through_the_stand_in(fake_dg, quant, varia
     assert any(c.startswith(quant.split("_")[0]) for c in fake_dg.calls)
     empty = DeepGemmRunner(plan, prepare(plan, weights))(x[:0], tw[:0], ti[:0])
     assert empty.shape == (0, 256)
+
+
+def test_masked_buffers_that_are_not_whole_tiles_are_padded(fake_dg):
+    spec = MoESpec(num_experts=4, top_k=2, hidden_size=128, intermediate_size=128, arch="sm90",
+                   quant="fp8_block128", max_tokens=16)
+    plan = host().resolve(spec, force="deepgemm:masked_fused")
+    weights = random_weights(spec, device="cpu")
+    runner = DeepGemmRunner(plan, prepare(plan, weights))
+    x = torch.randn(4, 5, 128).to(torch.bfloat16)  # M = 5 rows: the fake asserts whole tiles
+    counts = torch.tensor([5, 0, 3, 1])
+    out = runner.run_masked(x, counts)
+    from moe_core.reference.experts import ReferenceRunner
+    ref = ReferenceRunner(host().resolve(spec, force="reference:loop"), weights).run_masked(x, counts)
+    assert out.shape == x.shape and relative_error(out, ref) < 3e-2

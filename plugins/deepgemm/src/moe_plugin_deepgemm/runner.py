@@ -96,6 +96,10 @@ class DeepGemmRunner(GroupedRunner):
     def run_masked(self, x: torch.Tensor, masked_m: torch.Tensor) -> torch.Tensor:
         if not self.masked:
             return super().run_masked(x, masked_m)
+        rows = x.shape[1]
+        if rows % MASKED_ROWS:  # not whole tiles: pad (a copy) rather than let tiles overlap
+            x = torch.nn.functional.pad(x, (0, 0, 0, _round_up(rows, MASKED_ROWS) - rows))
+            return self.run_masked(x, masked_m)[:, :rows]
         mm = masked_m.to(torch.int32).contiguous()
         h, _ = self._gemm(self._input(x.contiguous()), "w13", None, masked_m=mm)
         y, ret = self._gemm(self._activation(h), "w2", None, masked_m=mm)
