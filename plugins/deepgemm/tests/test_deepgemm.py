@@ -199,7 +199,7 @@ def test_runner_matches_the_reference_through_the_stand_in(fake_dg, quant, varia
 
 
 def test_masked_buffers_that_are_not_whole_tiles_are_padded(fake_dg):
-    spec = MoESpec(num_experts=4, top_k=2, hidden_size=128, intermediate_size=128, arch="sm90",
+    spec = MoESpec(num_experts=4, top_k=2, hidden_size=128, intermediate_size=512, arch="sm90",
                    quant="fp8_block128", max_tokens=16)
     plan = host().resolve(spec, force="deepgemm:masked_fused")
     weights = random_weights(spec, device="cpu")
