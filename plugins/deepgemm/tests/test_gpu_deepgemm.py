@@ -47,6 +47,22 @@ def test_fused_kernel_matches_its_definition(limit, alpha):
     assert relative_error(deq, deq_ref) < 1e-2
 
 
+def test_group_quant_kernel_matches_the_reference_quantizer():
+    from moe_core.quant.fp8 import quantize_fp8_blockwise
+    from moe_plugin_deepgemm.quant_act import quantize_groups
+
+    x = torch.randn(300, 1024, device="cuda").to(torch.bfloat16)
+    src = torch.tensor([5, -1, 0, 299, -1] * 20, device="cuda")
+    q, s = quantize_groups(x, src)
+    rows = torch.where((src >= 0)[:, None], x[src.clamp(min=0)], torch.zeros((), device="cuda", dtype=x.dtype))
+    q_ref, s_ref = quantize_fp8_blockwise(rows, 1, 128)
+    assert s.stride(-2) == 1
+    torch.testing.assert_close(s, s_ref, rtol=1e-6, atol=0)
+    assert (q.float() - q_ref.float()).abs().max() <= 32  # at most one e4m3 step apart near 448
+    qb, sb = quantize_groups(x[:256].view(2, 128, 1024))
+    torch.testing.assert_close(sb, quantize_fp8_blockwise(x[:256].view(2, 128, 1024), 1, 128)[1])
+
+
 CASES = [  # model, quant, tp, experts kept, expected variant at decode / prefill
     ("Qwen/Qwen3-30B-A3B", "bf16", 1, 32, "masked", "contiguous"),
     ("Qwen/Qwen3-30B-A3B-FP8", None, 1, 32, "masked", "contiguous"),  # G=6: S1 unfused

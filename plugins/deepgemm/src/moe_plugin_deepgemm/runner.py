@@ -5,11 +5,11 @@ from __future__ import annotations
 import torch
 
 from moe_core.activations import apply_activation
-from moe_core.quant.fp8 import quantize_fp8_blockwise
 from moe_core.runner import GroupedRunner, masked_layout
 from moe_core.spec import Quant
 
 from .constraints import MASKED_ROWS
+from .quant_act import quantize_groups
 
 RECIPE = (1, 128, 128)  # 1x128 activation groups, 128x128 weight blocks
 
@@ -39,16 +39,13 @@ class DeepGemmRunner(GroupedRunner):
         self.overlap_result = None
 
     # -- pieces --------------------------------------------------------------------
-    def _input(self, x: torch.Tensor):
-        return quantize_fp8_blockwise(x, 1, 128) if self.fp8 else x
-
     def _activation(self, h: torch.Tensor):
         if self.fused:
             from .fused_act import fused_silu_mul_quant
 
             return fused_silu_mul_quant(h, self.spec.swiglu_limit, self.spec.swiglu_alpha)
-        a = apply_activation(self.spec, h.float())
-        return quantize_fp8_blockwise(a, 1, 128) if self.fp8 else a.to(torch.bfloat16)
+        a = apply_activation(self.spec, h)  # bf16, as the separate silu_and_mul kernels do
+        return quantize_groups(a) if self.fp8 else a
 
     def _gemm(self, a, which: str, layout, *, masked_m=None):
         w = getattr(self.weights, which)
@@ -85,11 +82,16 @@ class DeepGemmRunner(GroupedRunner):
         expert = torch.repeat_interleave(torch.arange(E, device=x.device), counts)
         dst = starts[expert] + torch.arange(x.shape[0], device=x.device) - offsets[:-1][expert]
         rows = int(padded.sum())
-        a = x.new_zeros(rows, H)
-        a[dst] = x
         m_indices = torch.full((rows,), -1, dtype=torch.int32, device=x.device)
         m_indices[dst] = expert.to(torch.int32)
-        h, _ = self._gemm(self._input(a), "w13", m_indices)
+        if self.fp8:  # gather into the aligned layout and quantize in one pass
+            src = torch.full((rows,), -1, dtype=torch.int64, device=x.device)
+            src[dst] = torch.arange(x.shape[0], device=x.device)
+            a = quantize_groups(x, src)
+        else:
+            a = x.new_zeros(rows, H)
+            a[dst] = x
+        h, _ = self._gemm(a, "w13", m_indices)
         y, _ = self._gemm(self._activation(h), "w2", m_indices)
         return y[dst]
 
@@ -101,7 +103,8 @@ class DeepGemmRunner(GroupedRunner):
             x = torch.nn.functional.pad(x, (0, 0, 0, _round_up(rows, MASKED_ROWS) - rows))
             return self.run_masked(x, masked_m)[:, :rows]
         mm = masked_m.to(torch.int32).contiguous()
-        h, _ = self._gemm(self._input(x.contiguous()), "w13", None, masked_m=mm)
+        a = quantize_groups(x) if self.fp8 else x.contiguous()
+        h, _ = self._gemm(a, "w13", None, masked_m=mm)
         y, ret = self._gemm(self._activation(h), "w2", None, masked_m=mm)
         # S5: the masked GEMM returns overlap metadata only when given overlap arguments;
         # read it only when the plan enabled down-GEMM overlap, never because SBO is on.
