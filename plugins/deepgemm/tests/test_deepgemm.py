@@ -18,7 +18,7 @@ from moe_core.reference.oracle import relative_error
 from moe_core.registry import Registry
 from moe_core.synthetic import random_inputs, random_weights
 from moe_plugin_deepgemm.runner import DeepGemmRunner
-from moe_plugin_deepgemm.weights import prepare, requantize_ue8m0
+from moe_plugin_deepgemm.weights import prepare
 
 FAKE = Path(__file__).with_name("fake_deep_gemm")
 
@@ -116,23 +116,19 @@ def test_decode_prefers_masked_and_prefill_contiguous(fake_dg):
 
 
 # -- S4: dispatcher -------------------------------------------------------------------
-@pytest.mark.parametrize("quant", ["bf16", "fp8_block128"])
+@pytest.mark.parametrize("quant, arch", [("bf16", "sm90"), ("bf16", "sm100"), ("fp8_block128", "sm90")])
 @pytest.mark.parametrize("a2a", ["deepep_normal", "deepep_ll", "torch_a2a"])
-@pytest.mark.parametrize("arch", ["sm90", "sm100"])
 def test_s4_dispatch_dtype(fake_dg, quant, a2a, arch):
     spec = MoESpec(num_experts=64, top_k=8, hidden_size=2048, intermediate_size=1024, quant=quant,
                    arch=arch, a2a=a2a, tp_size=8, ep_size=8, max_tokens=128)
     plan = host().resolve(spec, force="deepgemm")
     d = plan.dispatch
-    if quant == "bf16":
-        # BF16 exactly for unquantized + DeepEP low-latency; otherwise the host's own default
-        assert d.dtype == ("bf16" if a2a == "deepep_ll" else "bf16")
-        assert not (d.round_scale or d.use_ue8m0)
+    default = host().resolve(spec, force="reference").dispatch  # what the host proposes
+    if quant == "bf16" and a2a == "deepep_ll":
+        assert default.dtype == "fp8" and d.dtype == "bf16"  # the one change S4 makes
     else:
-        want = "fp8" if a2a.startswith("deepep") else "bf16"
-        assert d.dtype == want
-        sm100 = arch == "sm100" and want == "fp8"
-        assert (d.round_scale, d.use_ue8m0) == (sm100, sm100)
+        assert d == default  # every other combination keeps its own dispatch
+    assert not (d.round_scale or d.use_ue8m0)
 
 
 def test_s4_bf16_low_latency_is_what_changes(fake_dg):
@@ -164,19 +160,22 @@ def test_s5_sbo_on_down_gemm_overlap_off_runs_without_unpacking(fake_dg):
 
 
 # -- weights and runner plumbing ------------------------------------------------------
-def test_process_weights_keeps_the_callers_tensors_and_sm100_scales_are_powers_of_two():
+def test_process_weights_never_touches_the_callers_tensors():
     spec = MoESpec(num_experts=2, top_k=1, hidden_size=256, intermediate_size=256,
-                   quant="fp8_block128", arch="sm100")
+                   quant="fp8_block128", arch="sm90")
     w = random_weights(spec, device="cpu")
-    before = w.w13.view(torch.uint8).clone()
-    out = requantize_ue8m0(spec, w)
-    assert torch.equal(w.w13.view(torch.uint8), before)
-    for name in ("w13_scale", "w2_scale"):
-        assert torch.equal(torch.exp2(torch.log2(out[name]).round()), out[name])
-    from moe_core.quant import dequantize_weights
-    orig, _ = dequantize_weights(spec, w)
-    new, _ = dequantize_weights(spec, w.replace(w13=out["w13"], w13_scale=out["w13_scale"]))
-    assert relative_error(new, orig) < 5e-2
+    before = {k: v.view(torch.uint8).clone() for k, v in w.tensors().items()}
+    plan = host().resolve(spec, force="reference")
+    out = prepare(plan, w)
+    assert out.layout == "deepgemm/sm90" and w.layout == "canonical"
+    assert all(torch.equal(before[k], v.view(torch.uint8)) for k, v in w.tensors().items())
+
+
+def test_fp8_on_sm100_declines_with_the_measured_reason(fake_dg):
+    spec = MoESpec(num_experts=8, top_k=2, hidden_size=2048, intermediate_size=1024,
+                   quant="fp8_block128", arch="sm100")
+    assert all("UE8M0" in c.reason and not c.supported for c in trace(spec).values())
+    assert host().resolve(spec.replace(quant="bf16")).plugin == "deepgemm"
 
 
 @pytest.mark.parametrize("quant, variant", [

@@ -33,15 +33,11 @@ def supports_shape(spec):
 @hookimpl
 def configure_dispatcher(plan, dispatcher):
     """S4: BF16 dispatch exactly for unquantized BF16 layers on DeepEP low-latency on NVIDIA;
-    fp8 layers dispatch fp8, with round_scale/UE8M0 only on SM100; the rest keep theirs."""
+    every other combination keeps the host's dispatch (fp8 layers: fp8 with fp32 scales, as
+    DeepGEMM runs fp8 on SM90 only, so never round_scale/UE8M0)."""
     spec = plan.spec
-    if spec.a2a is A2A.NONE or not spec.is_nvidia:
-        return None
-    if spec.quant is Quant.BF16 and spec.a2a is A2A.DEEPEP_LL:
-        return dataclasses.replace(dispatcher, dtype="bf16", round_scale=False, use_ue8m0=False)
-    if spec.quant is Quant.FP8_BLOCK128 and dispatcher.dtype == "fp8":
-        sm100 = (spec.sm or 0) >= 100
-        return dataclasses.replace(dispatcher, round_scale=sm100, use_ue8m0=sm100)
+    if spec.is_nvidia and spec.quant is Quant.BF16 and spec.a2a is A2A.DEEPEP_LL:
+        return dataclasses.replace(dispatcher, dtype="bf16")
     return None
 
 

@@ -31,6 +31,10 @@ def _common(spec) -> str | None:
         return f"needs an NVIDIA SM90 or SM100 GPU for DeepGEMM's kernels, found {spec.arch}"
     if spec.quant not in ALIGN:
         return f"weights must be bf16 or fp8_block128, got {spec.quant.value}"
+    if spec.quant is Quant.FP8_BLOCK128 and spec.sm >= 100:
+        return ("fp8 on SM100 takes power-of-two (UE8M0) scales: re-rounding fp8 weights onto "
+                "them measured 7.8e-2 relative error against the reference, above the 6e-2 fp8 "
+                "tolerance; not offered until UE8M0 checkpoints can be told apart")
     if spec.act_dtype != "bf16":
         return f"DeepGEMM reads and writes bf16 activations, got {spec.act_dtype}"
     if spec.has_bias:
