@@ -209,3 +209,19 @@ def test_masked_buffers_that_are_not_whole_tiles_are_padded(fake_dg):
     from moe_core.reference.experts import ReferenceRunner
     ref = ReferenceRunner(host().resolve(spec, force="reference:loop"), weights).run_masked(x, counts)
     assert out.shape == x.shape and relative_error(out, ref) < 3e-2
+
+
+@pytest.mark.parametrize("model, kw, variant, reason", [
+    ("openai/gpt-oss-20b", {}, "contiguous", "weights must be bf16 or fp8_block128, got mxfp4"),
+    ("openai/gpt-oss-20b", {"quant": "fp8_block128"}, "contiguous_fused", "expert biases are not supported"),
+    ("nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-FP8", {}, "contiguous", "got fp8_tensor"),
+    ("nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16", {"tp": 8}, "contiguous",
+     "intermediate per partition 232 is not a multiple of 64"),
+    ("nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16", {}, "contiguous", None),  # relu2, bf16: runs
+])
+def test_scenario_model_declarations(fake_dg, model, kw, variant, reason):
+    c = trace(spec_for_model(model, arch="sm90", **kw))[variant]
+    if reason is None:
+        assert c.status == "chosen"
+    else:
+        assert reason in c.reason and not c.supported
