@@ -33,8 +33,8 @@ def supports_shape(spec):
 @hookimpl
 def configure_dispatcher(plan, dispatcher):
     """S4: BF16 dispatch exactly for unquantized BF16 layers on DeepEP low-latency on NVIDIA;
-    every other combination keeps the host's dispatch (fp8 layers: fp8 with fp32 scales, as
-    DeepGEMM runs fp8 on SM90 only, so never round_scale/UE8M0)."""
+    every other combination keeps the host's dispatch (fp8 layers: fp8 with fp32 scales; the
+    SM100 round_scale/UE8M0 options would come with an SM100 path, which is not offered)."""
     spec = plan.spec
     if spec.is_nvidia and spec.quant is Quant.BF16 and spec.a2a is A2A.DEEPEP_LL:
         return dataclasses.replace(dispatcher, dtype="bf16")
