@@ -86,7 +86,8 @@ class MoELayer:
         return self._runner_method("run_contiguous")(x, offsets)
 
     def run_masked(self, x: torch.Tensor, masked_m: torch.Tensor) -> torch.Tensor:
-        """Masked layout: ``x [E_local, M, H]``, ``masked_m [E_local]`` valid rows per expert."""
+        """Masked layout: ``x [E_local, M, H]``, ``masked_m [E_local]`` valid rows per expert.
+        Output rows past ``masked_m[e]`` are unspecified."""
         E = self.plan.spec.local_experts
         self._check_hidden("x", x, 3)
         if x.shape[0] != E or tuple(masked_m.shape) != (E,):

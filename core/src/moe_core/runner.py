@@ -51,8 +51,10 @@ class GroupedRunner:
         return combine(y, tokens, pairs, topk_weights, x.shape[0]).to(x.dtype)
 
     def run_masked(self, x: torch.Tensor, masked_m: torch.Tensor) -> torch.Tensor:
-        """``x [E_local, M, H]`` with ``masked_m[e]`` valid rows per expert -> same shape;
-        rows past ``masked_m[e]`` are zero."""
+        """``x [E_local, M, H]`` with ``masked_m[e]`` valid rows per expert -> same shape.
+
+        Rows past ``masked_m[e]`` are unspecified (a combine reads only valid rows; kernels
+        skip them). This base class happens to leave them zero."""
         valid = torch.arange(x.shape[1], device=x.device)[None, :] < masked_m[:, None]
         offsets = torch.zeros(x.shape[0] + 1, dtype=torch.int64, device=x.device)
         offsets[1:] = masked_m.to(torch.int64).cumsum(0)

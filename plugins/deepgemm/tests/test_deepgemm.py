@@ -202,7 +202,8 @@ def test_masked_buffers_that_are_not_whole_tiles_are_padded(fake_dg):
     out = runner.run_masked(x, counts)
     from moe_core.reference.experts import ReferenceRunner
     ref = ReferenceRunner(host().resolve(spec, force="reference:loop"), weights).run_masked(x, counts)
-    assert out.shape == x.shape and relative_error(out, ref) < 3e-2
+    valid = torch.arange(5)[None, :] < counts[:, None]  # rows past a count are unspecified
+    assert out.shape == x.shape and relative_error(out[valid], ref[valid]) < 3e-2
 
 
 @pytest.mark.parametrize("model, kw, variant, reason", [

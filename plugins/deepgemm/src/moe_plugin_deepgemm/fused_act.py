@@ -33,16 +33,21 @@ def _kernel():
     import triton.language as tl
 
     @triton.jit
-    def silu_mul_quant(h_ptr, q_ptr, s_ptr, M, I, limit, alpha,
-                       HAS_LIMIT: tl.constexpr, OAI: tl.constexpr,
+    def silu_mul_quant(h_ptr, q_ptr, s_ptr, cnt_ptr, M, I, limit, alpha,
+                       HAS_LIMIT: tl.constexpr, OAI: tl.constexpr, HAS_CNT: tl.constexpr,
                        TM: tl.constexpr, TG: tl.constexpr, GS: tl.constexpr):
         pid_m, pid_g, batch = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         G = I // GS
         rows = pid_m * TM + tl.arange(0, TM)
         cols = pid_g * TG * GS + tl.arange(0, TG * GS)
+        # No bounds masks (M % 4, G % 4); in the masked layout rows past the expert's
+        # count are skipped (their outputs are unspecified, as DeepGEMM's are).
+        live = rows < M
+        if HAS_CNT:
+            live = rows < tl.load(cnt_ptr + batch)
         h_row = h_ptr + batch.to(tl.int64) * M * 2 * I + rows[:, None].to(tl.int64) * 2 * I
-        gate = tl.load(h_row + cols[None, :]).to(tl.float32)
-        up = tl.load(h_row + I + cols[None, :]).to(tl.float32)
+        gate = tl.load(h_row + cols[None, :], mask=live[:, None], other=0.0).to(tl.float32)
+        up = tl.load(h_row + I + cols[None, :], mask=live[:, None], other=0.0).to(tl.float32)
         if HAS_LIMIT:
             gate = tl.minimum(gate, limit)
             up = tl.minimum(tl.maximum(up, -limit), limit)
@@ -54,10 +59,10 @@ def _kernel():
         scale = tl.maximum(tl.max(tl.abs(a3), axis=2), 1e-12) / 448.0
         q = tl.minimum(tl.maximum(a3 / scale[:, :, None], -448.0), 448.0)
         q_row = q_ptr + batch.to(tl.int64) * M * I + rows[:, None].to(tl.int64) * I
-        tl.store(q_row + cols[None, :], tl.reshape(q, (TM, TG * GS)).to(tl.float8e4nv))
+        tl.store(q_row + cols[None, :], tl.reshape(q, (TM, TG * GS)).to(tl.float8e4nv), mask=live[:, None])
         gids = pid_g * TG + tl.arange(0, TG)
         s_off = batch.to(tl.int64) * G * M + gids[None, :].to(tl.int64) * M + rows[:, None]
-        tl.store(s_ptr + s_off, scale)
+        tl.store(s_ptr + s_off, scale, mask=live[:, None])
 
     return silu_mul_quant
 
@@ -65,9 +70,11 @@ def _kernel():
 _compiled = None
 
 
-def fused_silu_mul_quant(h: torch.Tensor, limit: float | None = None, alpha: float | None = None):
+def fused_silu_mul_quant(h: torch.Tensor, limit: float | None = None, alpha: float | None = None,
+                         counts: torch.Tensor | None = None):
     """``h [M, 2I]`` or ``[E, M, 2I]`` bf16 -> ``(q [..., M, I] e4m3, scales [..., M, G])``,
-    scales MN-major. Needs M % 4 == 0 and (I / 128) % 4 == 0."""
+    scales MN-major. Needs M % 4 == 0 and (I / 128) % 4 == 0. With ``counts [E]`` (int32,
+    masked layout) rows past ``counts[e]`` are skipped and left unwritten."""
     global _compiled
     squeeze = h.dim() == 2
     h3 = (h[None] if squeeze else h).contiguous()
@@ -86,8 +93,9 @@ def fused_silu_mul_quant(h: torch.Tensor, limit: float | None = None, alpha: flo
         s = torch.empty(E, G, M, dtype=torch.float32, device=h.device)
     if M and h.is_cuda:
         grid = (M // TILE_M, G // TILE_G, E)
-        _compiled[grid](h3, q, s, M, I, float(limit or 0.0), float(alpha or 0.0),
-                        HAS_LIMIT=limit is not None, OAI=alpha is not None,
+        _compiled[grid](h3, q, s, counts if counts is not None else h3, M, I,
+                        float(limit or 0.0), float(alpha or 0.0),
+                        HAS_LIMIT=limit is not None, OAI=alpha is not None, HAS_CNT=counts is not None,
                         TM=TILE_M, TG=TILE_G, GS=GROUP)
     scales = s.transpose(1, 2)  # [E, M, G] view, MN-major as DeepGEMM wants
     return (q[0], scales[0]) if squeeze else (q, scales)

@@ -21,13 +21,15 @@ def _kernel():
     import triton.language as tl
 
     @triton.jit
-    def group_quant(x_ptr, src_ptr, q_ptr, s_ptr, M, K, rows_in,
-                    HAS_SRC: tl.constexpr, BM: tl.constexpr, GS: tl.constexpr):
+    def group_quant(x_ptr, src_ptr, cnt_ptr, q_ptr, s_ptr, M, K, rows_in,
+                    HAS_SRC: tl.constexpr, HAS_CNT: tl.constexpr, BM: tl.constexpr, GS: tl.constexpr):
         pid_m, g, batch = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         G = K // GS
         rows = pid_m * BM + tl.arange(0, BM)
         cols = g * GS + tl.arange(0, GS)
         in_range = rows < M
+        if HAS_CNT:  # masked layout: rows past this expert's count are left unwritten
+            in_range = in_range & (rows < tl.load(cnt_ptr + batch))
         if HAS_SRC:
             src = tl.load(src_ptr + rows, mask=in_range, other=-1)
             valid = in_range & (src >= 0)
@@ -46,9 +48,10 @@ def _kernel():
     return group_quant
 
 
-def quantize_groups(x: torch.Tensor, src: torch.Tensor | None = None):
+def quantize_groups(x: torch.Tensor, src: torch.Tensor | None = None, counts: torch.Tensor | None = None):
     """``x [N, K]`` (with ``src [M]`` row indices) or ``[E, M, K]`` -> ``(q e4m3, scales)``,
-    shaped ``[M, K]``/``[M, G]`` or ``[E, M, K]``/``[E, M, G]``; scales MN-major."""
+    shaped ``[M, K]``/``[M, G]`` or ``[E, M, K]``/``[E, M, G]``; scales MN-major. With
+    ``counts [E]`` (int32, masked layout) only the first ``counts[e]`` rows are written."""
     global _compiled
     K = x.shape[-1]
     if K % GROUP:
@@ -68,7 +71,8 @@ def quantize_groups(x: torch.Tensor, src: torch.Tensor | None = None):
     s = torch.empty(E, K // GROUP, M, dtype=torch.float32, device=x.device)
     if M:
         grid = (-(-M // BLOCK_M), K // GROUP, E)
-        _compiled[grid](x, src if src is not None else x, q, s, M, K, x.shape[-2],
-                        HAS_SRC=src is not None, BM=BLOCK_M, GS=GROUP)
+        _compiled[grid](x, src if src is not None else x, counts if counts is not None else x,
+                        q, s, M, K, x.shape[-2], HAS_SRC=src is not None,
+                        HAS_CNT=counts is not None, BM=BLOCK_M, GS=GROUP)
     s = s.transpose(-1, -2)
     return (q, s) if batched else (q[0], s[0])

@@ -39,13 +39,13 @@ class DeepGemmRunner(GroupedRunner):
         self.overlap_result = None
 
     # -- pieces --------------------------------------------------------------------
-    def _activation(self, h: torch.Tensor):
+    def _activation(self, h: torch.Tensor, counts: torch.Tensor | None = None):
         if self.fused:
             from .fused_act import fused_silu_mul_quant
 
-            return fused_silu_mul_quant(h, self.spec.swiglu_limit, self.spec.swiglu_alpha)
+            return fused_silu_mul_quant(h, self.spec.swiglu_limit, self.spec.swiglu_alpha, counts)
         a = apply_activation(self.spec, h)  # bf16, as the separate silu_and_mul kernels do
-        return quantize_groups(a) if self.fp8 else a
+        return quantize_groups(a, counts=counts) if self.fp8 else a
 
     def _gemm(self, a, which: str, layout, *, masked_m=None):
         w = getattr(self.weights, which)
@@ -103,12 +103,11 @@ class DeepGemmRunner(GroupedRunner):
             x = torch.nn.functional.pad(x, (0, 0, 0, _round_up(rows, MASKED_ROWS) - rows))
             return self.run_masked(x, masked_m)[:, :rows]
         mm = masked_m.to(torch.int32).contiguous()
-        a = quantize_groups(x) if self.fp8 else x.contiguous()
+        a = quantize_groups(x, counts=mm) if self.fp8 else x.contiguous()
         h, _ = self._gemm(a, "w13", None, masked_m=mm)
-        y, ret = self._gemm(self._activation(h), "w2", None, masked_m=mm)
+        y, ret = self._gemm(self._activation(h, mm), "w2", None, masked_m=mm)
         # S5: the masked GEMM returns overlap metadata only when given overlap arguments;
         # read it only when the plan enabled down-GEMM overlap, never because SBO is on.
         if self.plan.overlap.down_gemm:
             self.overlap_result = tuple(ret)
-        valid = torch.arange(y.shape[1], device=y.device)[None, :] < masked_m[:, None]
-        return y.masked_fill_(~valid[..., None], 0)
+        return y  # rows past masked_m are unspecified, as DeepEP's combine expects
