@@ -41,6 +41,7 @@ from typing import Any
 
 from .errors import WeightsError
 from .spec import MoESpec, Quant
+from .sizes import cdiv
 
 CANONICAL = "canonical"
 TENSOR_NAMES = ("w13", "w2", "w13_scale", "w2_scale", "w13_global_scale", "w2_global_scale",
@@ -81,9 +82,6 @@ class MoEWeights:
         return sum(t.numel() * t.element_size() for t in self.tensors().values())
 
 
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
 
 def expected_tensors(spec: MoESpec, intermediate: int | None = None) -> dict[str, tuple[tuple[int, ...], str]]:
     """Name -> (shape, torch dtype name) of the canonical weights for ``spec``.
@@ -104,8 +102,8 @@ def expected_tensors(spec: MoESpec, intermediate: int | None = None) -> dict[str
         out["w13"] = ((E, R, H), "float8_e4m3fn")
         out["w2"] = ((E, H, I), "float8_e4m3fn")
         if q is Quant.FP8_BLOCK128:
-            out["w13_scale"] = ((E, halves * _cdiv(I, 128), _cdiv(H, 128)), "float32")
-            out["w2_scale"] = ((E, _cdiv(H, 128), _cdiv(I, 128)), "float32")
+            out["w13_scale"] = ((E, halves * cdiv(I, 128), cdiv(H, 128)), "float32")
+            out["w2_scale"] = ((E, cdiv(H, 128), cdiv(I, 128)), "float32")
         elif q is Quant.FP8_TENSOR:
             out["w13_scale"] = ((E,), "float32")
             out["w2_scale"] = ((E,), "float32")
@@ -114,10 +112,10 @@ def expected_tensors(spec: MoESpec, intermediate: int | None = None) -> dict[str
             out["w2_scale"] = ((E, H), "float32")
     else:
         group, scale_dtype = (16, "float8_e4m3fn") if q is Quant.NVFP4 else (32, "uint8")
-        out["w13"] = ((E, R, _cdiv(H, 2)), "uint8")
-        out["w2"] = ((E, H, _cdiv(I, 2)), "uint8")
-        out["w13_scale"] = ((E, R, _cdiv(H, group)), scale_dtype)
-        out["w2_scale"] = ((E, H, _cdiv(I, group)), scale_dtype)
+        out["w13"] = ((E, R, cdiv(H, 2)), "uint8")
+        out["w2"] = ((E, H, cdiv(I, 2)), "uint8")
+        out["w13_scale"] = ((E, R, cdiv(H, group)), scale_dtype)
+        out["w2_scale"] = ((E, H, cdiv(I, group)), scale_dtype)
         if q is Quant.NVFP4:
             out["w13_global_scale"] = ((E,), "float32")
             out["w2_global_scale"] = ((E,), "float32")

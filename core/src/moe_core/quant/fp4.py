@@ -7,6 +7,7 @@ Rounding is to nearest, ties to the even code, saturating at 6.
 from __future__ import annotations
 
 import torch
+from ..sizes import cdiv
 
 E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 E2M1_MAX = 6.0
@@ -14,9 +15,6 @@ NVFP4_GROUP, MXFP4_GROUP = 16, 32
 E4M3_MAX = 448.0
 _MIDPOINTS = (0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0)
 
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def e2m1_encode(x: torch.Tensor) -> torch.Tensor:
@@ -51,7 +49,7 @@ def unpack_nibbles(packed: torch.Tensor, k: int) -> torch.Tensor:
 def _blocks(x: torch.Tensor, group: int) -> torch.Tensor:
     """[..., K] -> [..., ceil(K/group), group], zero-padded."""
     k = x.shape[-1]
-    padded = torch.nn.functional.pad(x.float(), (0, _cdiv(k, group) * group - k))
+    padded = torch.nn.functional.pad(x.float(), (0, cdiv(k, group) * group - k))
     return padded.reshape(*x.shape[:-1], -1, group)
 
 

@@ -7,13 +7,11 @@ One function covers every FP8 granularity the formats use: 128x128 weight blocks
 from __future__ import annotations
 
 import torch
+from ..sizes import cdiv
 
 FP8_MAX = 448.0  # largest finite e4m3fn value
 _TINY = 1e-12
 
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 def quantize_fp8_blockwise(x: torch.Tensor, bn: int | None, bk: int | None):
@@ -24,7 +22,7 @@ def quantize_fp8_blockwise(x: torch.Tensor, bn: int | None, bk: int | None):
     """
     *lead, N, K = x.shape
     bn, bk = bn or N, bk or K
-    nb, kb = _cdiv(N, bn), _cdiv(K, bk)
+    nb, kb = cdiv(N, bn), cdiv(K, bk)
     xf = x.float()
     padded = torch.nn.functional.pad(xf, (0, kb * bk - K, 0, nb * bn - N))
     blocks = padded.reshape(*lead, nb, bn, kb, bk)

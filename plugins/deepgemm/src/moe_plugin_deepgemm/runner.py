@@ -6,16 +6,13 @@ import torch
 
 from moe_core.activations import apply_activation
 from moe_core.runner import GroupedRunner, masked_layout
+from moe_core.sizes import round_up
 from moe_core.spec import Quant
 
 from .constraints import MASKED_ROWS
 from .quant_act import quantize_groups
 
 RECIPE = (1, 128, 128)  # 1x128 activation groups, 128x128 weight blocks
-
-
-def _round_up(n: int, m: int) -> int:
-    return -(-n // m) * m
 
 
 class DeepGemmRunner(GroupedRunner):
@@ -69,7 +66,7 @@ class DeepGemmRunner(GroupedRunner):
     # -- layouts ---------------------------------------------------------------------
     def run_contiguous(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         if self.masked:
-            masked, counts = masked_layout(x, offsets, _round_up(max(int(offsets.diff().max()), 1), MASKED_ROWS))
+            masked, counts = masked_layout(x, offsets, round_up(max(int(offsets.diff().max()), 1), MASKED_ROWS))
             out = self.run_masked(masked, counts)
             valid = torch.arange(out.shape[1], device=out.device)[None, :] < counts[:, None]
             return out[valid]
@@ -100,7 +97,7 @@ class DeepGemmRunner(GroupedRunner):
             return super().run_masked(x, masked_m)
         rows = x.shape[1]
         if rows % MASKED_ROWS:  # not whole tiles: pad (a copy) rather than let tiles overlap
-            x = torch.nn.functional.pad(x, (0, 0, 0, _round_up(rows, MASKED_ROWS) - rows))
+            x = torch.nn.functional.pad(x, (0, 0, 0, round_up(rows, MASKED_ROWS) - rows))
             return self.run_masked(x, masked_m)[:, :rows]
         mm = masked_m.to(torch.int32).contiguous()
         a = quantize_groups(x, counts=mm) if self.fp8 else x.contiguous()
