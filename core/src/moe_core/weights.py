@@ -40,8 +40,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import WeightsError
-from .spec import MoESpec, Quant
 from .sizes import cdiv
+from .spec import MoESpec, Quant
 
 CANONICAL = "canonical"
 TENSOR_NAMES = ("w13", "w2", "w13_scale", "w2_scale", "w13_global_scale", "w2_global_scale",

@@ -7,6 +7,7 @@ Rounding is to nearest, ties to the even code, saturating at 6.
 from __future__ import annotations
 
 import torch
+
 from ..sizes import cdiv
 
 E2M1_VALUES = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)

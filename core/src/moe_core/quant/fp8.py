@@ -7,6 +7,7 @@ One function covers every FP8 granularity the formats use: 128x128 weight blocks
 from __future__ import annotations
 
 import torch
+
 from ..sizes import cdiv
 
 FP8_MAX = 448.0  # largest finite e4m3fn value
