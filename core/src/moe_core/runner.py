@@ -9,6 +9,18 @@ from .plan import Plan
 from .weights import MoEWeights
 
 
+def valid_rows(masked_m: torch.Tensor, rows: int) -> torch.Tensor:
+    """``[E, rows]`` bool: which rows of a masked buffer hold tokens (``row < masked_m[e]``)."""
+    return torch.arange(rows, device=masked_m.device)[None, :] < masked_m[:, None]
+
+
+def offsets_from_counts(counts: torch.Tensor) -> torch.Tensor:
+    """``[E] -> [E + 1]`` int64 row offsets of a contiguous layout."""
+    offsets = torch.zeros(counts.numel() + 1, dtype=torch.int64, device=counts.device)
+    offsets[1:] = counts.to(torch.int64).cumsum(0)
+    return offsets
+
+
 def group_by_expert(topk_ids: torch.Tensor, first_expert: int, num_local: int):
     """Order the (token, slot) pairs routed to this rank's experts by local expert.
 
@@ -20,10 +32,7 @@ def group_by_expert(topk_ids: torch.Tensor, first_expert: int, num_local: int):
     mine = ((local >= 0) & (local < num_local)).nonzero().squeeze(1)
     experts = local[mine]
     order = torch.argsort(experts, stable=True)
-    counts = torch.bincount(experts, minlength=num_local)
-    offsets = torch.zeros(num_local + 1, dtype=torch.int64, device=topk_ids.device)
-    offsets[1:] = counts.cumsum(0)
-    return mine[order], offsets
+    return mine[order], offsets_from_counts(torch.bincount(experts, minlength=num_local))
 
 
 class GroupedRunner:
@@ -55,11 +64,9 @@ class GroupedRunner:
 
         Rows past ``masked_m[e]`` are unspecified (a combine reads only valid rows; kernels
         skip them). This base class happens to leave them zero."""
-        valid = torch.arange(x.shape[1], device=x.device)[None, :] < masked_m[:, None]
-        offsets = torch.zeros(x.shape[0] + 1, dtype=torch.int64, device=x.device)
-        offsets[1:] = masked_m.to(torch.int64).cumsum(0)
+        valid = valid_rows(masked_m, x.shape[1])
         out = torch.zeros_like(x)
-        out[valid] = self.run_contiguous(x[valid], offsets).to(x.dtype)
+        out[valid] = self.run_contiguous(x[valid], offsets_from_counts(masked_m)).to(x.dtype)
         return out
 
 
@@ -80,8 +87,7 @@ def masked_layout(rows: torch.Tensor, offsets: torch.Tensor, max_m: int | None =
     counts = offsets.diff()
     m = int(counts.max()) if max_m is None and counts.numel() else (max_m or 0)
     out = rows.new_zeros(counts.numel(), max(m, 1), rows.shape[-1])
-    valid = torch.arange(out.shape[1], device=rows.device)[None, :] < counts[:, None]
-    out[valid] = rows
+    out[valid_rows(counts, out.shape[1])] = rows
     return out, counts
 
 

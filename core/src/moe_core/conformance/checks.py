@@ -10,7 +10,7 @@ from ..host import Host
 from ..plan import BROKEN, DECLINED, Candidate, Plan
 from ..quant import tolerance
 from ..reference.oracle import relative_error
-from ..runner import contiguous_layout, masked_layout
+from ..runner import contiguous_layout, masked_layout, valid_rows
 from ..spec import MoESpec
 from ..synthetic import random_inputs, random_weights
 
@@ -68,8 +68,7 @@ def _run(layer, plan: Plan, x, tw, ti):
         return layer.run_contiguous(rows, offsets)
     masked, counts = masked_layout(rows, offsets)
     out = layer.run_masked(masked, counts)
-    valid = torch.arange(out.shape[1], device=out.device)[None, :] < counts[:, None]
-    return out[valid]
+    return out[valid_rows(counts, out.shape[1])]
 
 
 def check_run(host: Host, backend: str, spec: MoESpec, *, tokens: int = 16, seed: int = 0) -> float:

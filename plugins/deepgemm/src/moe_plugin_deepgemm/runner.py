@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from moe_core.activations import apply_activation
-from moe_core.runner import GroupedRunner, masked_layout
+from moe_core.runner import GroupedRunner, masked_layout, valid_rows
 from moe_core.sizes import round_up
 from moe_core.spec import Quant
 
@@ -68,8 +68,7 @@ class DeepGemmRunner(GroupedRunner):
         if self.masked:
             masked, counts = masked_layout(x, offsets, round_up(max(int(offsets.diff().max()), 1), MASKED_ROWS))
             out = self.run_masked(masked, counts)
-            valid = torch.arange(out.shape[1], device=out.device)[None, :] < counts[:, None]
-            return out[valid]
+            return out[valid_rows(counts, out.shape[1])]
         E, H = self.spec.local_experts, self.spec.hidden_size
         if x.shape[0] == 0:
             return x.new_zeros(0, H)
