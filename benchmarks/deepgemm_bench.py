@@ -19,7 +19,6 @@ from rich.table import Table
 
 import moe_plugin_deepgemm as plugin
 from moe_core import Host, MoESpec
-from moe_core.reference import plugin as reference
 from moe_core.registry import Registry
 from moe_core.synthetic import random_weights, weight_bytes
 
@@ -47,8 +46,7 @@ def timed(fn, iters=20):
 
 
 def main() -> None:
-    reg = Registry()
-    reg.register(reference, "reference")
+    reg = Registry.builtin()
     reg.register(plugin, "deepgemm")
     host = Host(reg)
     table = Table(title=f"DeepGEMM plugin vs torch._grouped_mm, {torch.cuda.get_device_name()}, "

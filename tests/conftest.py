@@ -9,6 +9,16 @@ from moe_core.reference import plugin as reference_plugin
 from moe_core.registry import Registry
 
 
+def make_dispatcher_plugin(variants, answer, build=None):
+    """A dispatcher plugin: ``answer(spec, dispatch) -> [Verdict]``, ``build(plan, group)``."""
+    hooks = {
+        "moe_variants": lambda self: variants,
+        "supports_dispatch": lambda self, spec, dispatch: answer(spec, dispatch),
+        "make_dispatcher": lambda self, plan, group: (build or (lambda p, g: None))(plan, group),
+    }
+    return type("DispatcherPlugin", (), {k: hookimpl(v) for k, v in hooks.items()})()
+
+
 def make_plugin(variants, answer, *, dispatcher=None, runner=None, process=None):
     """A plugin object: ``answer(spec) -> [Verdict]``; the optional hooks as plain functions."""
     from moe_core.reference.experts import ReferenceRunner
@@ -31,10 +41,11 @@ def _configure(fn):
     return configure_dispatcher
 
 
-def host_with(*named_plugins, reference=True) -> Host:
-    """A host whose registry holds the reference backend and ``(name, plugin)`` pairs."""
-    reg = Registry()
-    if reference:
+def host_with(*named_plugins, reference=True, torch_dispatch=True) -> Host:
+    """A host whose registry holds the reference backend, the torch dispatcher and
+    ``(name, plugin)`` pairs."""
+    reg = Registry.builtin() if reference and torch_dispatch else Registry()
+    if reference and not torch_dispatch:
         reg.register(reference_plugin, "reference")
     for name, plugin in named_plugins:
         reg.register(plugin, name)

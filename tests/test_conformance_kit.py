@@ -10,7 +10,6 @@ pytest_plugins = ["pytester"]
 
 PLUGINS = textwrap.dedent('''
     from moe_core import Host, Variant, Verdict, hookimpl
-    from moe_core.reference import plugin as reference
     from moe_core.reference.experts import ReferenceRunner
     from moe_core.registry import Registry
 
@@ -67,8 +66,7 @@ PLUGINS = textwrap.dedent('''
 
 
     def host():
-        reg = Registry()
-        reg.register(reference, "reference")
+        reg = Registry.builtin()
         for name, cls in (("liar", Liar), ("wrong", Wrong), ("mutator", Mutator), ("vague", Vague)):
             reg.register(cls(), name)
         return Host(reg)

@@ -6,8 +6,8 @@ import inspect
 
 import pytest
 
-from conftest import host_with, make_plugin, one
-from moe_core import Verdict, hookspecs
+from conftest import host_with, make_dispatcher_plugin, make_plugin, one
+from moe_core import DISPATCHER, Variant, Verdict, hookspecs
 from moe_core.synthetic import random_inputs, random_weights
 
 SPECS = [f for name, f in inspect.getmembers(hookspecs, inspect.isfunction)
@@ -16,7 +16,8 @@ SPECS = [f for name, f in inspect.getmembers(hookspecs, inspect.isfunction)
 
 def test_the_hook_set_is_the_documented_one():
     assert {f.__name__ for f in SPECS} == {"moe_variants", "supports_shape", "configure_dispatcher",
-                                            "process_weights", "make_runner"}
+                                            "process_weights", "make_runner", "supports_dispatch",
+                                            "make_dispatcher"}
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda f: f.__name__)
@@ -36,7 +37,11 @@ def test_every_hookspec_is_exercised_by_a_load_and_run(small_spec):
     plugin = make_plugin(one("k", 50), lambda s: [Verdict.yes("k")],
                          dispatcher=lambda plan, d: None,
                          process=lambda plan, w: processed.append(plan) or w.replace(layout="k"))
-    host = host_with(("p", plugin))
+    built = []
+    dispatcher = make_dispatcher_plugin([Variant("d", 50, kind=DISPATCHER)],
+                                        lambda spec, cfg: [Verdict.yes("d")],
+                                        lambda plan, group: built.append(plan) or _Loopback())
+    host = host_with(("p", plugin), ("disp", dispatcher))
     called = []
     host.registry.pm.add_hookcall_monitoring(lambda name, impls, kw: called.append(name),
                                              lambda *a: None)
@@ -45,4 +50,15 @@ def test_every_hookspec_is_exercised_by_a_load_and_run(small_spec):
     layer = host.load(small_spec, random_weights(small_spec))
     assert layer.weights.layout == "k" and processed
     layer(*random_inputs(small_spec, 4))
+    ep = small_spec.replace(tp_size=2, ep_size=2, a2a="torch_a2a")
+    plan = host.resolve(ep)
+    assert plan.dispatcher == "disp:d"
+    assert isinstance(host.make_dispatcher(plan), _Loopback) and built == [plan]
     assert set(called) == {f.__name__ for f in SPECS}
+
+
+class _Loopback:
+    def dispatch(self, x, topk_ids, topk_weights):
+        raise AssertionError("not called")
+
+    combine = dispatch

@@ -39,6 +39,12 @@ class DispatchConfig:
         if self.nvfp4_global_scale and self.dtype != "nvfp4":
             raise ValueError(f"nvfp4_global_scale needs nvfp4 dispatch; dtype is {self.dtype!r}")
 
+    def describe(self) -> str:
+        opts = [n for n, on in (("round_scale", self.round_scale), ("ue8m0", self.use_ue8m0),
+                                ("global_scale", self.nvfp4_global_scale)) if on]
+        return (f"{self.mode.value} {self.layout} {self.dtype}{'+' + '+'.join(opts) if opts else ''}"
+                f" (<= {self.max_tokens_per_rank} tokens/rank)")
+
 
 _LAYOUT = {A2A.NONE: STANDARD, A2A.TORCH_A2A: CONTIGUOUS,
            A2A.DEEPEP_NORMAL: CONTIGUOUS, A2A.DEEPEP_LL: MASKED}

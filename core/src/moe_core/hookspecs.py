@@ -2,17 +2,21 @@
 
 A plugin is a module (or object) registered under the entry-point group
 ``moe_core.plugins``; its entry-point name is its plugin name. It implements these hooks
-with the :data:`moe_core.hookimpl` marker. Only :func:`moe_variants` and
-:func:`supports_shape` are required of a plugin that offers runner variants, plus
-:func:`make_runner`; the other two have host defaults.
+with the :data:`moe_core.hookimpl` marker. A plugin that offers runner variants must
+implement :func:`supports_shape` and :func:`make_runner` (the other runner hooks have host
+defaults); one that offers dispatcher variants must implement :func:`supports_dispatch`
+and :func:`make_dispatcher`. Every plugin implements :func:`moe_variants`.
 
 How the host calls them (and why it does not rely on pluggy's call order):
 
 * ``moe_variants`` once per plugin at discovery, ``supports_shape`` once per plugin per
   spec. The host calls each plugin on its own, so one plugin raising never hides the
   others' answers; a raise marks that plugin's variants *broken* in the trace.
+* ``supports_dispatch`` once per dispatcher plugin per (spec, dispatch config), only for
+  specs that move tokens between ranks (``spec.a2a != "none"``).
 * ``configure_dispatcher``, ``process_weights`` and ``make_runner`` are called **only on
-  the plugin that owns the plan** (``plan.plugin``). They are ``firstresult`` hooks: the
+  the plugin that owns the plan** (``plan.plugin``); ``make_dispatcher`` only on the plugin
+  that owns the plan's dispatcher (``plan.dispatcher``). They are ``firstresult`` hooks: the
   owner's non-None return is the result; None means "the host default".
 * Ranking is explicit (variant priority, then verdict preference, then names), so the
   order in which distributions were installed or registered never matters.
@@ -46,8 +50,8 @@ def moe_variants() -> "Sequence[Variant]":
     kernel library: ``moe plugins`` lists the answer on machines without one.
 
     :return: a sequence of :class:`moe_core.Variant`, unique by name. Variants of kind
-        ``"runner"`` take part in layer resolution; ``"dispatcher"`` variants are
-        listed (token-dispatch resolution builds on them).
+        ``"runner"`` compute the experts; variants of kind ``"dispatcher"`` move tokens
+        between expert-parallel ranks. Both are resolved the same way.
 
     Not firstresult: each plugin's list is read on its own. A plugin whose answer is not a
     sequence of ``Variant`` with unique names is reported as broken.
@@ -89,7 +93,9 @@ def configure_dispatcher(plan: "Plan", dispatcher: "DispatchConfig") -> "Dispatc
 
     Called only on the plan's owner, once, during resolution; the result is frozen into
     ``plan.dispatch``. A raise makes the candidate broken and resolution moves on to the
-    next one. firstresult: the owner's non-None return wins.
+    next one. When the spec moves tokens (``a2a != "none"``) and no dispatcher can deliver
+    the returned config, the candidate is declined with every dispatcher's reason and
+    resolution moves on. firstresult: the owner's non-None return wins.
     """
 
 
@@ -121,4 +127,39 @@ def make_runner(plan: "Plan", weights: "MoEWeights") -> Any:
 
     Called only on the plan's owner. firstresult. Must be implemented by every plugin
     that declares runner variants.
+    """
+
+
+@hookspec
+def supports_dispatch(spec: "MoESpec", dispatch: "DispatchConfig") -> "Sequence[Verdict]":
+    """Say, for each of this plugin's dispatcher variants, whether it can deliver ``dispatch``.
+
+    :param spec: the layer on this rank; ``spec.a2a`` is the requested mode (a DeepEP mode
+        may be served by another dispatcher that keeps the same contract).
+    :param dispatch: what the chosen runner asked for (after its ``configure_dispatcher``):
+        layout, wire dtype and its options, max tokens per rank.
+    :return: one :class:`moe_core.Verdict` per declared dispatcher variant, "no" with a
+        specific reason ("hidden 3000 is not one of DeepEP low-latency's sizes ...",
+        "deep_ep not importable: ..."). Only ``reason`` and ``preference`` are read.
+
+    Pure and cheap, like :func:`supports_shape`: no communication, no kernel import.
+    Dispatcher variants are ranked by (priority, preference, plugin, variant); the first
+    "yes" becomes ``plan.dispatcher``. Not firstresult: every dispatcher plugin answers;
+    a raise or a malformed answer marks its variants broken for this spec.
+    """
+
+
+@hookspec(firstresult=True)
+def make_dispatcher(plan: "Plan", group: Any) -> Any:
+    """Build the dispatcher that moves this plan's tokens.
+
+    :param plan: the resolved plan; ``plan.dispatcher`` names this plugin's variant and
+        ``plan.dispatch`` says what to deliver.
+    :param group: the expert-parallel process group (``torch.distributed``); its size is
+        ``spec.ep_size`` and this process's rank in it is ``spec.ep_rank``.
+    :return: a :class:`moe_core.ep.Dispatcher` (``dispatch`` then ``combine``). The host
+        wraps it and the runner in a :class:`moe_core.ep.DispatchedLayer`.
+
+    Called only on the dispatcher's owner. firstresult. May allocate communication buffers
+    and must fail here, naming what is wrong, rather than on the first forward.
     """

@@ -13,11 +13,11 @@ from typing import Any, Iterable
 
 from .declare import Overlap, Verdict
 from .dispatch import DispatchConfig, default_dispatch
-from .errors import BackendUnavailable, NoBackendError, PluginError, ResolutionError
+from .errors import BackendUnavailable, InputError, NoBackendError, PluginError, ResolutionError
 from .plan import (BROKEN, CHOSEN, DECLINED, DISABLED, NOT_FORCED, SUPPORTED, Candidate, Plan,
                    Resolution)
 from .registry import Registry, _describe_exc
-from .spec import MoESpec
+from .spec import A2A, MoESpec
 from .weights import MoEWeights, validate_weights
 
 ENV_FORCE = "MOE_BACKEND"
@@ -57,6 +57,10 @@ def _check_verdicts(spec: MoESpec, declared: tuple[str, ...], answer: Any) -> di
     return by_name
 
 
+class _NoDispatcher(Exception):
+    """The runner candidate's dispatch config has no dispatcher: it is declined."""
+
+
 class Host:
     """Resolves specs against the installed plugins. One per process is typical."""
 
@@ -66,15 +70,47 @@ class Host:
         self._resolutions: dict[tuple[Any, ...], Resolution] = {}
 
     # -- resolution -----------------------------------------------------------------
-    def _answers_of(self, plugin: str, declared: tuple[str, ...], spec: MoESpec):
-        key = (plugin, spec)
+    def _answers_of(self, plugin: str, hook: str, variants, **kwargs):
+        """A plugin's verdicts (variant -> Verdict), or why its answer is unusable; cached."""
+        key = (plugin, hook, *kwargs.values())
         if key not in self._answers:
+            spec = kwargs["spec"]
             try:
-                answer = self.registry.call(plugin, "supports_shape", spec=spec)
-                self._answers[key] = _check_verdicts(spec, declared, answer)
+                answer = self.registry.call(plugin, hook, **kwargs)
+                self._answers[key] = _check_verdicts(spec, tuple(v.name for v in variants), answer)
             except Exception as e:
-                self._answers[key] = f"supports_shape failed: {_describe_exc(e)}"
+                self._answers[key] = f"{hook} failed: {_describe_exc(e)}"
         return self._answers[key]
+
+    @staticmethod
+    def _judge(offers, answers_of, disabled, force_sel=None, force=None):
+        """Split ``(record, variants)`` offers into settled candidates and ``(candidate,
+        verdict)`` pairs that may run, applying disable/force."""
+        settled: list[Candidate] = []
+        eligible: list[tuple[Candidate, Verdict]] = []
+        for rec, variants in offers:
+            if not variants:
+                continue
+            answers = answers_of(rec)
+            for var in variants:
+                if isinstance(answers, str):
+                    settled.append(Candidate(rec.name, var.name, var.priority, BROKEN, answers))
+                    continue
+                v = answers[var.name]
+                cand = Candidate(rec.name, var.name, var.priority, DECLINED, v.reason, v.preference)
+                if not v.supported:
+                    settled.append(cand)
+                elif any(_matches(d, rec.name, var.name) for d in disabled):
+                    settled.append(dataclasses.replace(
+                        cand, status=DISABLED, reason=f"disabled by {ENV_DISABLE}/disable= "
+                                                      f"(would run: {v.reason})"))
+                elif force_sel and not _matches(force_sel, rec.name, var.name):
+                    settled.append(dataclasses.replace(
+                        cand, status=NOT_FORCED, reason=f"{force!r} is forced (would run: {v.reason})"))
+                else:
+                    eligible.append((cand, v))
+        eligible.sort(key=lambda cv: (-cv[0].priority, -cv[0].preference, cv[0].plugin, cv[0].variant))
+        return settled, eligible
 
     def _options(self, force: str | None, disable: Iterable[str] | str | None):
         if force is None:
@@ -121,34 +157,12 @@ class Host:
             known = ", ".join(r.name for r in self.registry) or "none"
             raise ResolutionError(f"forced backend {force!r}: no plugin named {force_sel[0]!r} "
                                   f"(installed: {known})", Resolution(spec, (), None, force, disable))
-        settled: list[Candidate] = []
-        eligible: list[tuple[Candidate, Verdict]] = []
-        for rec in self.registry:
-            if rec.status != "ok":
-                settled.append(Candidate(rec.name, "*", 0, BROKEN, rec.error or "broken"))
-                continue
-            variants = rec.runner_variants
-            if not variants:
-                continue
-            answers = self._answers_of(rec.name, tuple(v.name for v in variants), spec)
-            for var in variants:
-                if isinstance(answers, str):
-                    settled.append(Candidate(rec.name, var.name, var.priority, BROKEN, answers))
-                    continue
-                v = answers[var.name]
-                cand = Candidate(rec.name, var.name, var.priority, DECLINED, v.reason, v.preference)
-                if not v.supported:
-                    settled.append(cand)
-                elif any(_matches(d, rec.name, var.name) for d in disabled):
-                    settled.append(dataclasses.replace(
-                        cand, status=DISABLED, reason=f"disabled by {ENV_DISABLE}/disable= "
-                                                      f"(would run: {v.reason})"))
-                elif force_sel and not _matches(force_sel, rec.name, var.name):
-                    settled.append(dataclasses.replace(
-                        cand, status=NOT_FORCED, reason=f"{force!r} is forced (would run: {v.reason})"))
-                else:
-                    eligible.append((cand, v))
-        eligible.sort(key=lambda cv: (-cv[0].priority, -cv[0].preference, cv[0].plugin, cv[0].variant))
+        settled, eligible = self._judge(
+            [(rec, rec.runner_variants) for rec in self.registry.ok()],
+            lambda rec: self._answers_of(rec.name, "supports_shape", rec.runner_variants, spec=spec),
+            disabled, force_sel, force)
+        settled += [Candidate(rec.name, "*", 0, BROKEN, rec.error or "broken")
+                    for rec in self.registry if rec.status != "ok"]
         plan = None
         ranked: list[Candidate] = []
         for cand, verdict in eligible:
@@ -156,8 +170,10 @@ class Host:
                 ranked.append(dataclasses.replace(cand, status=SUPPORTED))
                 continue
             try:
-                plan = self._build_plan(spec, cand, verdict)
+                plan = self._build_plan(spec, cand, verdict, disabled)
                 ranked.append(dataclasses.replace(cand, status=CHOSEN))
+            except _NoDispatcher as e:
+                settled.append(dataclasses.replace(cand, status=DECLINED, reason=str(e)))
             except Exception as e:
                 settled.append(dataclasses.replace(
                     cand, status=BROKEN, reason=f"configure_dispatcher failed: {_describe_exc(e)}"))
@@ -167,7 +183,7 @@ class Host:
             plan = dataclasses.replace(plan, candidates=candidates)
         return Resolution(spec, candidates, plan, force, disable)
 
-    def _build_plan(self, spec: MoESpec, cand: Candidate, verdict: Verdict) -> Plan:
+    def _build_plan(self, spec: MoESpec, cand: Candidate, verdict: Verdict, disabled) -> Plan:
         overlap = verdict.overlap or Overlap(
             sbo=spec.sbo, down_gemm=False,
             reason="variant offers no down-GEMM overlap" if spec.down_gemm_overlap else "")
@@ -182,7 +198,26 @@ class Host:
                 raise PluginError(f"changed the a2a mode to {cfg.mode.value!r}; the spec says "
                                   f"{spec.a2a.value!r}")
             plan = dataclasses.replace(plan, dispatch=cfg)
-        return plan
+        if spec.a2a is A2A.NONE:
+            return plan
+        trace = self._dispatchers_for(spec, plan.dispatch, disabled)
+        chosen = next((c for c in trace if c.status == CHOSEN), None)
+        if chosen is None:
+            why = "; ".join(f"{c.backend}: {c.reason}" for c in trace) or "no dispatcher plugin installed"
+            raise _NoDispatcher(f"no dispatcher delivers {plan.dispatch.describe()} ({why})")
+        return dataclasses.replace(plan, dispatcher=chosen.backend, dispatchers=trace)
+
+    def _dispatchers_for(self, spec: MoESpec, cfg: DispatchConfig, disabled) -> tuple[Candidate, ...]:
+        """The dispatcher trace for one (spec, config): chosen first, then the rest."""
+        settled, eligible = self._judge(
+            [(rec, rec.dispatcher_variants) for rec in self.registry.ok()],
+            lambda rec: self._answers_of(rec.name, "supports_dispatch", rec.dispatcher_variants,
+                                         spec=spec, dispatch=cfg),
+            disabled)
+        ranked = [dataclasses.replace(c, status=CHOSEN if i == 0 else SUPPORTED)
+                  for i, (c, _) in enumerate(eligible)]
+        settled.sort(key=lambda c: (_STATUS_ORDER[c.status], -c.priority, c.plugin, c.variant))
+        return tuple(ranked + settled)
 
     # -- after resolution -----------------------------------------------------------
     def process_weights(self, plan: Plan, weights: MoEWeights) -> MoEWeights:
@@ -205,8 +240,31 @@ class Host:
             raise PluginError(f"make_runner of {plan.plugin!r} returned {runner!r}; expected a runner")
         return MoELayer(plan, weights, runner, check_values=check_values)
 
+    def make_dispatcher(self, plan: Plan, group: Any = None):
+        """The dispatcher owner's ``make_dispatcher`` for ``plan`` on process group ``group``."""
+        if plan.dispatcher is None:
+            raise InputError(f"{plan.backend} keeps tokens on this rank (a2a "
+                             f"{plan.spec.a2a.value!r}); it has no dispatcher")
+        d = self.registry.call(plan.dispatcher_plugin, "make_dispatcher", plan=plan, group=group)
+        if not all(callable(getattr(d, m, None)) for m in ("dispatch", "combine")):
+            raise PluginError(f"make_dispatcher of {plan.dispatcher_plugin!r} returned {d!r}; expected "
+                              "a dispatcher with dispatch() and combine()")
+        return d
+
     def load(self, spec: MoESpec | Plan, weights: MoEWeights, *, force: str | None = None,
              disable: Iterable[str] | str | None = None, check_values: bool = True):
-        """Resolve (unless given a plan), process the weights and build the layer."""
+        """Resolve (unless given a plan), process the weights and build this rank's layer
+        (its local experts; token dispatch is :meth:`load_dispatched`)."""
         plan = spec if isinstance(spec, Plan) else self.resolve(spec, force=force, disable=disable)
         return self.make_runner(plan, self.process_weights(plan, weights), check_values=check_values)
+
+    def load_dispatched(self, spec: MoESpec | Plan, weights: MoEWeights, group: Any = None, *,
+                        force: str | None = None, disable: Iterable[str] | str | None = None,
+                        check_values: bool = True):
+        """:meth:`load` plus the plan's dispatcher on ``group`` (default: the world group): a
+        :class:`moe_core.ep.DispatchedLayer` that every rank of the group calls together."""
+        from .ep import DispatchedLayer
+
+        plan = spec if isinstance(spec, Plan) else self.resolve(spec, force=force, disable=disable)
+        dispatcher = self.make_dispatcher(plan, group)
+        return DispatchedLayer(self.load(plan, weights, check_values=check_values), dispatcher)

@@ -41,6 +41,11 @@ class MoELayer:
 
     def __call__(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
         """Standard layout: ``x [T, H]``, ``topk_weights``/``topk_ids`` ``[T, top_k]`` -> ``[T, H]``."""
+        self.check_standard(x, topk_weights, topk_ids)
+        return self.runner(x, topk_weights, topk_ids)
+
+    def check_standard(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> None:
+        """:class:`InputError` unless this rank's tokens and routing match the plan."""
         spec = self.plan.spec
         self._check_hidden("x", x, 2)
         T = x.shape[0]
@@ -62,7 +67,6 @@ class MoELayer:
             if lo < 0 or hi >= spec.num_experts:
                 raise InputError(f"topk_ids range [{lo}, {hi}] is outside [0, {spec.num_experts}) "
                                  "(global expert ids)")
-        return self.runner(x, topk_weights, topk_ids)
 
     def _runner_method(self, name: str):
         fn = getattr(self.runner, name, None)

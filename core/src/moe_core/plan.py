@@ -53,11 +53,19 @@ class Plan:
     overlap: Overlap
     dispatch: DispatchConfig
     options: tuple[tuple[str, Any], ...] = ()
+    #: ``plugin:variant`` of the token dispatcher (None when tokens stay on this rank).
+    dispatcher: str | None = None
     candidates: tuple[Candidate, ...] = field(default=(), compare=False)
+    #: The dispatcher resolution trace (empty when tokens stay on this rank).
+    dispatchers: tuple[Candidate, ...] = field(default=(), compare=False)
 
     @property
     def backend(self) -> str:
         return f"{self.plugin}:{self.variant}"
+
+    @property
+    def dispatcher_plugin(self) -> str | None:
+        return self.dispatcher.partition(":")[0] if self.dispatcher else None
 
     @property
     def padded(self) -> bool:
@@ -76,6 +84,8 @@ class Plan:
             "dispatch": {"mode": d.mode.value, "layout": d.layout, "dtype": d.dtype,
                          "max_tokens_per_rank": d.max_tokens_per_rank, "round_scale": d.round_scale,
                          "use_ue8m0": d.use_ue8m0, "nvfp4_global_scale": d.nvfp4_global_scale},
+            "dispatcher": self.dispatcher,
+            "dispatchers": [c.to_dict() for c in self.dispatchers],
             "options": dict(self.options),
         }
 

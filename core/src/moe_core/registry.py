@@ -14,10 +14,13 @@ from typing import Any, Iterable
 import pluggy
 
 from . import hookspecs
-from .declare import RUNNER, Variant
+from .declare import DISPATCHER, RUNNER, Variant
 from .errors import PluginError
 
 OK, BROKEN = "ok", "broken"
+#: Hooks a plugin must implement for each kind of variant it declares.
+_REQUIRED_HOOKS = {RUNNER: ("supports_shape", "make_runner"),
+                   DISPATCHER: ("supports_dispatch", "make_dispatcher")}
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,10 @@ class PluginRecord:
     def runner_variants(self) -> tuple[Variant, ...]:
         return tuple(v for v in self.variants if v.kind == RUNNER)
 
+    @property
+    def dispatcher_variants(self) -> tuple[Variant, ...]:
+        return tuple(v for v in self.variants if v.kind == DISPATCHER)
+
 
 def _describe_exc(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
@@ -48,6 +55,9 @@ def _check_variants(name: str, declared: Any) -> tuple[Variant, ...]:
     for v in declared:
         if not isinstance(v.priority, int) or isinstance(v.priority, bool):
             raise PluginError(f"variant {name}:{v.name} has priority {v.priority!r}; expected an int")
+        if v.kind not in _REQUIRED_HOOKS:
+            raise PluginError(f"variant {name}:{v.name} has kind {v.kind!r}; expected one of "
+                              f"{sorted(_REQUIRED_HOOKS)}")
     return tuple(declared)
 
 
@@ -67,6 +77,18 @@ class Registry:
         # install order.
         for ep in sorted(entry_points(group=group), key=lambda e: (e.name, e.value)):
             reg.load_entry_point(ep)
+        return reg
+
+    @classmethod
+    def builtin(cls) -> "Registry":
+        """A registry holding only moe-core's own plugins: the reference backend
+        (``reference``) and the torch.distributed dispatcher (``torch``)."""
+        from .reference import plugin as reference
+        from .torch_dispatch import plugin as torch_dispatch
+
+        reg = cls()
+        reg.register(reference, "reference", distribution="moe-core")
+        reg.register(torch_dispatch, "torch", distribution="moe-core")
         return reg
 
     def load_entry_point(self, ep: EntryPoint) -> PluginRecord:
@@ -96,10 +118,10 @@ class Registry:
             return self._broken(name, meta, f"hook validation failed: {_describe_exc(e)}")
         try:
             variants = _check_variants(name, self.call(name, "moe_variants"))
-            if any(v.kind == RUNNER for v in variants):
-                for hook in ("supports_shape", "make_runner"):
+            for kind in sorted({v.kind for v in variants}):
+                for hook in _REQUIRED_HOOKS[kind]:
                     if not self._implements(name, hook):
-                        raise PluginError(f"declares runner variants but implements no {hook} hook")
+                        raise PluginError(f"declares {kind} variants but implements no {hook} hook")
         except Exception as e:
             self.pm.unregister(name=name)
             return self._broken(name, meta, _describe_exc(e))

@@ -81,6 +81,14 @@ class MoEWeights:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors().values())
 
+    def experts(self, first: int, count: int) -> "MoEWeights":
+        """The weights of experts ``[first, first + count)`` (every tensor leads with experts):
+        an expert-parallel rank's share of a layer's canonical weights."""
+        total = self.w13.shape[0]
+        if first < 0 or count < 0 or first + count > total:
+            raise WeightsError(f"experts [{first}, {first + count}) are outside the {total} experts "
+                               "these weights hold")
+        return self.replace(**{n: t[first:first + count] for n, t in self.tensors().items()})
 
 
 def expected_tensors(spec: MoESpec, intermediate: int | None = None) -> dict[str, tuple[tuple[int, ...], str]]:

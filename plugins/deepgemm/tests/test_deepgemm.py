@@ -13,7 +13,6 @@ import torch
 import moe_plugin_deepgemm as plugin
 from moe_core import Host, MoESpec, spec_for_model
 from moe_core.availability import missing_module
-from moe_core.reference import plugin as reference
 from moe_core.reference.oracle import relative_error
 from moe_core.registry import Registry
 from moe_core.synthetic import random_inputs, random_weights
@@ -37,8 +36,7 @@ def fake_dg(monkeypatch):
 
 
 def host():
-    reg = Registry()
-    reg.register(reference, "reference")
+    reg = Registry.builtin()
     reg.register(plugin, "deepgemm")
     return Host(reg)
 

@@ -10,7 +10,6 @@ import torch
 import moe_plugin_deepgemm as plugin
 from moe_core import Host, spec_for_model
 from moe_core.quant import tolerance
-from moe_core.reference import plugin as reference
 from moe_core.reference.oracle import relative_error
 from moe_core.registry import Registry
 from moe_core.runner import contiguous_layout, masked_layout
@@ -27,8 +26,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def host():
-    reg = Registry()
-    reg.register(reference, "reference")
+    reg = Registry.builtin()
     reg.register(plugin, "deepgemm")
     return Host(reg)
 

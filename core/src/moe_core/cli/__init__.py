@@ -74,12 +74,7 @@ def print_resolution(res: Resolution) -> None:
     console.print(f"[bold]spec[/] {res.spec.model or ''}: {res.spec.describe()}", highlight=False)
     if res.force or res.disable:
         console.print(f"force={res.force or '-'} disable={','.join(res.disable) or '-'}")
-    table = Table()
-    for col in ("status", "backend", "priority", "reason"):
-        table.add_column(col, overflow="fold")
-    for c in res.candidates:
-        table.add_row(f"[{_STATUS_STYLE[c.status]}]{c.status}[/]", c.backend, str(c.priority), c.reason)
-    console.print(table)
+    _print_candidates(res.candidates, "runner")
     p = res.plan
     if p is None:
         console.print("[bold red]no backend can run this spec[/]")
@@ -89,12 +84,22 @@ def print_resolution(res: Resolution) -> None:
     pad = (f"{p.intermediate_padded} (padded from {p.spec.intermediate_per_partition})"
            if p.padded else str(p.intermediate_padded))
     console.print(f"  intermediate per partition: {pad}", highlight=False)
-    console.print(f"  dispatch: {d.mode.value}, layout {d.layout}, dtype {d.dtype}"
-                  f"{', round_scale' if d.round_scale else ''}{', ue8m0' if d.use_ue8m0 else ''}"
-                  f"{', nvfp4 global scale' if d.nvfp4_global_scale else ''}", highlight=False)
+    console.print(f"  dispatch: {d.describe()}", highlight=False)
+    console.print(f"  dispatcher: {p.dispatcher or 'none (tokens stay on this rank)'}", highlight=False)
     ov = p.overlap
     console.print(f"  overlap: sbo={ov.sbo} down_gemm={ov.down_gemm}"
                   f"{' (' + ov.reason + ')' if ov.reason else ''}", highlight=False)
+    if p.dispatchers:
+        _print_candidates(p.dispatchers, "dispatcher")
+
+
+def _print_candidates(candidates, kind: str) -> None:
+    table = Table(title=f"{kind} candidates", title_justify="left")
+    for col in ("status", kind, "priority", "reason"):
+        table.add_column(col, overflow="fold")
+    for c in candidates:
+        table.add_row(f"[{_STATUS_STYLE[c.status]}]{c.status}[/]", c.backend, str(c.priority), c.reason)
+    console.print(table)
 
 
 @main.command()

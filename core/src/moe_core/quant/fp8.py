@@ -14,9 +14,10 @@ FP8_MAX = 448.0  # largest finite e4m3fn value
 _TINY = 1e-12
 
 
-
-def quantize_fp8_blockwise(x: torch.Tensor, bn: int | None, bk: int | None):
+def quantize_fp8_blockwise(x: torch.Tensor, bn: int | None, bk: int | None, *, ue8m0: bool = False):
     """Quantize the last two dims of ``x`` in blocks of ``bn x bk`` (None: the whole dim).
+
+    ``ue8m0`` rounds each scale up to a power of two (what UE8M0 scale storage can hold).
 
     :return: ``(q, scale)``: ``q`` e4m3fn shaped like ``x``; ``scale`` fp32 of shape
         ``[..., ceil(N/bn), ceil(K/bk)]``. Ragged edge blocks are scaled by their own amax.
@@ -29,6 +30,8 @@ def quantize_fp8_blockwise(x: torch.Tensor, bn: int | None, bk: int | None):
     blocks = padded.reshape(*lead, nb, bn, kb, bk)
     amax = blocks.abs().amax(dim=(-3, -1))
     scale = amax.clamp(min=_TINY) / FP8_MAX
+    if ue8m0:
+        scale = torch.exp2(torch.ceil(torch.log2(scale)))
     q = (blocks / scale[..., :, None, :, None]).clamp(-FP8_MAX, FP8_MAX)
     q = q.reshape(*lead, nb * bn, kb * bk)[..., :N, :K].to(torch.float8_e4m3fn)
     return q, scale
