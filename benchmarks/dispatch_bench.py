@@ -11,7 +11,9 @@ expert computation is left out (identity), so the time is the dispatcher's alone
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import time
 
 import torch
 import torch.distributed as dist
@@ -22,33 +24,36 @@ from moe_core.arch import detect_arch
 EXPERTS, TOP_K = 256, 8
 
 
-def _time(fn, iters: int) -> float:
+def _time(fn, iters: int, device: str) -> float:
     """Median milliseconds of ``fn`` over ``iters`` runs, all ranks in step."""
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     for _ in range(3):
         fn()
     times = []
     for _ in range(iters):
+        sync()
         dist.barrier()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+        t0 = time.perf_counter()
         fn()
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end))
+        sync()
+        times.append((time.perf_counter() - t0) * 1e3)
     return sorted(times)[len(times) // 2]
 
 
-def bench_case(host: Host, rank: int, world: int, tokens: int, hidden: int, wire: str, iters: int):
-    a2a = "deepep_ll" if tokens <= 256 else "deepep_normal"
+def bench_case(host: Host, rank: int, world: int, tokens: int, hidden: int, wire: str, iters: int,
+               device: str):
+    decode = tokens <= 256
     spec = MoESpec(num_experts=EXPERTS, top_k=TOP_K, hidden_size=hidden, intermediate_size=2048,
-                   tp_size=world, ep_size=world, rank=rank, a2a=a2a, arch=detect_arch(),
-                   max_tokens=tokens, quant="fp8_block128" if wire == "fp8" else "bf16")
+                   tp_size=world, ep_size=world, rank=rank, a2a="deepep_ll" if decode else "deepep_normal",
+                   arch=detect_arch() if device == "cuda" else "cpu", max_tokens=tokens)
     plan = host.resolve(spec, force="reference:loop")  # the runner does not run here
+    # The wire dtype is the runner's choice; here both are measured on the same layout.
+    plan = dataclasses.replace(plan, dispatch=dataclasses.replace(plan.dispatch, dtype=wire))
     dispatcher = host.make_dispatcher(plan)
-    gen = torch.Generator(device="cuda").manual_seed(rank)
-    x = torch.randn(tokens, hidden, device="cuda", generator=gen).bfloat16()
-    ids = torch.rand(tokens, EXPERTS, device="cuda", generator=gen).topk(TOP_K, dim=1).indices
-    w = torch.full((tokens, TOP_K), 1.0 / TOP_K, device="cuda")
+    gen = torch.Generator().manual_seed(rank)
+    x = torch.randn(tokens, hidden, generator=gen).bfloat16().to(device)
+    ids = torch.rand(tokens, EXPERTS, generator=gen).topk(TOP_K, dim=1).indices.to(device)
+    w = torch.full((tokens, TOP_K), 1.0 / TOP_K, device=device)
 
     def round_trip():  # identity experts: the expert output is the dispatched input
         d = dispatcher.dispatch(x, ids, w)
@@ -56,52 +61,63 @@ def bench_case(host: Host, rank: int, world: int, tokens: int, hidden: int, wire
 
     out = round_trip()  # identity experts + weights summing to 1 give x back
     err = ((out.float() - x.float()).norm() / x.float().norm()).item()
-    ms = _time(round_trip, iters)
-    # Bytes this rank sends: payload rows out + partial sums back.
-    hit = torch.zeros(tokens, world, dtype=torch.bool, device="cuda").scatter_(
+    ms = _time(round_trip, iters, device)
+    # The floor: the same bytes between the same peers, as two plain all_to_all_single calls
+    # (payload out, one bf16 row back per token and peer), nothing else.
+    hit = torch.zeros(tokens, world, dtype=torch.bool, device=device).scatter_(
         1, ids // spec.local_experts, True)
-    rows_out = int(hit.sum())
-    codec = getattr(dispatcher, "codec", None)
-    row_bytes = codec.row_bytes if codec else hidden * 2
-    sent = rows_out * row_bytes + rows_out * hidden * 2
-    # The floor: one all_to_all_single per direction with the same bytes, even splits.
-    per_peer = -(-rows_out * row_bytes // world)
-    back_per_peer = -(-rows_out * hidden * 2 // world)
-    send_a = torch.empty(per_peer * world, dtype=torch.uint8, device="cuda")
-    recv_a = torch.empty_like(send_a)
-    send_b = torch.empty(back_per_peer * world, dtype=torch.uint8, device="cuda")
-    recv_b = torch.empty_like(send_b)
+    sent = hit.sum(0)
+    got = torch.empty_like(sent)
+    dist.all_to_all_single(got, sent)
+    sent, got = sent.tolist(), got.tolist()
+    row_bytes = dispatcher.codec.row_bytes
+    out_a = [n * row_bytes for n in sent]
+    in_a = [n * row_bytes for n in got]
+    out_b = [n * hidden * 2 for n in got]
+    in_b = [n * hidden * 2 for n in sent]
+    bufs = [torch.empty(sum(n), dtype=torch.uint8, device=device) for n in (out_a, in_a, out_b, in_b)]
 
     def floor():
-        dist.all_to_all_single(recv_a, send_a)
-        dist.all_to_all_single(recv_b, send_b)
+        dist.all_to_all_single(bufs[1], bufs[0], in_a, out_a)
+        dist.all_to_all_single(bufs[3], bufs[2], in_b, out_b)
 
-    floor_ms = _time(floor, iters)
+    floor_ms = _time(floor, iters, device)
+    moved = sum(out_a) + sum(out_b)  # bytes this rank sends, self included
     return dict(tokens=tokens, hidden=hidden, wire=plan.dispatch.dtype, layout=plan.dispatch.layout,
-                dispatcher=plan.dispatcher, ms=ms, gbps=sent / ms / 1e6, floor_ms=floor_ms,
-                floor_gbps=sent / floor_ms / 1e6, of_floor=floor_ms / ms, round_trip_err=err,
-                bytes_sent=sent)
+                dispatcher=plan.dispatcher, ms=ms, gbps=moved / ms / 1e6, floor_ms=floor_ms,
+                floor_gbps=moved / floor_ms / 1e6, of_floor=floor_ms / ms, round_trip_err=err,
+                bytes_sent=moved)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out")
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--backend", default="nccl", help="nccl (GPUs) or gloo (a CPU smoke run)")
+    ap.add_argument("--tokens", default="128,4096")
     a = ap.parse_args()
-    dist.init_process_group("nccl")
+    dist.init_process_group(a.backend)
     rank, world = dist.get_rank(), dist.get_world_size()
-    torch.cuda.set_device(rank % torch.cuda.device_count())
+    device = "cuda" if a.backend == "nccl" else "cpu"
+    if device == "cuda":
+        torch.cuda.set_device(rank % torch.cuda.device_count())
     host = Host()
-    rows = [bench_case(host, rank, world, t, h, wire, a.iters)
-            for t in (128, 4096) for h in (7168, 4096) for wire in ("bf16", "fp8")]
+    rows = []
+    for t in map(int, a.tokens.split(",")):
+        for h in (7168, 4096):
+            for wire in ("bf16", "fp8"):
+                rows.append(bench_case(host, rank, world, t, h, wire, a.iters, device))
+                if rank == 0:
+                    print(json.dumps(rows[-1]), flush=True)
     if rank == 0:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=f"dispatch + combine, {world} x {torch.cuda.get_device_name()}, "
+        name = torch.cuda.get_device_name() if device == "cuda" else "CPU (gloo)"
+        table = Table(title=f"dispatch + combine, {world} x {name}, "
                             f"E={EXPERTS} top-{TOP_K}")
         for col in ("tokens/rank", "hidden", "wire", "layout", "dispatcher", "ms", "GB/s sent",
-                    "NCCL a2a ms", "NCCL GB/s", "floor/ours", "round-trip err"):
+                    "a2a floor ms", "floor GB/s", "floor/ours", "round-trip err"):
             table.add_column(col)
         for r in rows:
             table.add_row(str(r["tokens"]), str(r["hidden"]), r["wire"], r["layout"], r["dispatcher"],
