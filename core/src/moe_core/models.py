@@ -225,6 +225,7 @@ def spec_for_model(
     act_dtype: str = "bf16",
     sbo: bool = False,
     down_gemm_overlap: bool = False,
+    static_input_scale: bool = False,
 ) -> MoESpec:
     """The spec of one routed-expert layer of ``model`` on ``rank``.
 
@@ -241,5 +242,5 @@ def spec_for_model(
         swiglu_limit=cfg.swiglu_limit, swiglu_alpha=cfg.swiglu_alpha, has_bias=cfg.has_bias,
         act_dtype=act_dtype, tp_size=tp, ep_size=ep, rank=rank, a2a=a2a,
         arch=detect_arch() if arch == "auto" else arch, max_tokens=max_tokens, sbo=sbo,
-        down_gemm_overlap=down_gemm_overlap, model=cfg.name,
+        down_gemm_overlap=down_gemm_overlap, static_input_scale=static_input_scale, model=cfg.name,
     )

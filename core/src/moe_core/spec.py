@@ -108,6 +108,9 @@ class MoESpec:
     regime: Regime | None = None
     sbo: bool = False
     down_gemm_overlap: bool = False
+    #: The checkpoint carries a static activation scale (e.g. NVFP4 ``input_global_scale``),
+    #: so tokens can be quantized before dispatch instead of inside the expert kernel.
+    static_input_scale: bool = False
     #: Display only: two models with the same layer shape share one spec (and one plan).
     model: str | None = field(default=None, compare=False)
 
@@ -239,6 +242,7 @@ class MoESpec:
                 f", alpha={self.swiglu_alpha:g})" if self.swiglu_alpha is not None else ")")
         overlap = " sbo" if self.sbo else ""
         overlap += " down-gemm-overlap" if self.down_gemm_overlap else ""
+        overlap += " static-input-scale" if self.static_input_scale else ""
         return (
             f"E={self.num_experts} ({self.local_experts} local) top{self.top_k} "
             f"H={self.hidden_size} I={self.intermediate_size} ({self.intermediate_per_partition}/rank) "

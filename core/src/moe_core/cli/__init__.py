@@ -8,7 +8,7 @@ import sys
 import click
 from rich.table import Table
 
-from .. import default_host
+from .. import Host, availability, default_host
 from ..models import bundled_models
 from ..plan import Resolution
 from .common import build_spec, console, reports_errors, spec_options
@@ -105,14 +105,21 @@ def _print_candidates(candidates, kind: str) -> None:
 @main.command()
 @spec_options
 @click.option("--json", "as_json", is_flag=True, help="Print {spec, chosen, plan, candidates}.")
+@click.option("--assume-installed", default="", metavar="MODULES",
+              help="Comma-separated kernel modules to treat as installed (plan for another "
+                   "machine, with --arch): e.g. flashinfer,deep_ep. Also $MOE_ASSUME_INSTALLED.")
 @reports_errors
-def explain(as_json, **o):
+def explain(as_json, assume_installed, **o):
     """Why this backend: every candidate with its verdict and reason.
 
     Exits 0 when a backend is chosen, 2 (with the reasons) when none fits.
     """
     spec = build_spec(o, default_tokens=4096)
-    res = default_host().explain(spec, force=o["force"], disable=o["disable"])
+    if assume_installed:  # a fresh host: cached answers were given without the assumption
+        with availability.assume_installed(assume_installed):
+            res = Host().explain(spec, force=o["force"], disable=o["disable"])
+    else:
+        res = default_host().explain(spec, force=o["force"], disable=o["disable"])
     if as_json:
         click.echo(json.dumps(res.to_dict(), indent=2))
     else:

@@ -39,6 +39,8 @@ def spec_options(fn):
         click.option("--sbo/--no-sbo", default=False, help="Request single-batch overlap."),
         click.option("--down-gemm-overlap/--no-down-gemm-overlap", default=False,
                      help="Request down-GEMM overlap (with --sbo)."),
+        click.option("--static-input-scale/--no-static-input-scale", default=False,
+                     help="The checkpoint has static activation scales (NVFP4 input_global_scale)."),
         click.option("--force", default=None,
                      help="plugin[:variant] to use (also $MOE_BACKEND); an error if it cannot run."),
         click.option("--disable", default=None,
@@ -53,7 +55,8 @@ def build_spec(o: dict, default_tokens: int):
     return spec_for_model(
         o["model"], tp=o["tp"], ep=o["ep"], rank=o["rank"], quant=o["quant"], a2a=o["a2a"],
         arch=o["arch"], max_tokens=o["tokens"] or default_tokens, experts=o["experts"],
-        act_dtype=o["act_dtype"], sbo=o["sbo"], down_gemm_overlap=o["down_gemm_overlap"])
+        act_dtype=o["act_dtype"], sbo=o["sbo"], down_gemm_overlap=o["down_gemm_overlap"],
+        static_input_scale=o["static_input_scale"])
 
 
 def reports_errors(fn):

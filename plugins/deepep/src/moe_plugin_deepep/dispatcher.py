@@ -52,7 +52,9 @@ class DeepEPDispatcher(Dispatcher):
             x, topk_ids.long(), self.max_tokens, self.experts, **self.kwargs)
         state = (topk_ids, topk_weights, handle)
         if self.cfg.dtype == "nvfp4":
-            return Dispatched(None, counts=counts, handle=state, quantized=tuple(recv))
+            # (data, block scales, the input global scale they were made with)
+            return Dispatched(None, counts=counts, handle=state,
+                              quantized=(*recv[:2], self.kwargs["x_global_scale"]))
         if self.cfg.dtype == "fp8":
             data, scale = recv
             if self.cfg.use_ue8m0:  # packed UE8M0 exponents -> fp32 scales
