@@ -12,6 +12,7 @@ from .. import Host, availability, default_host
 from ..models import bundled_models
 from ..plan import Resolution
 from .common import build_spec, console, reports_errors, spec_options
+from .hf import hf
 from .matrix_cmd import matrix
 from .run_layer import run
 
@@ -130,3 +131,4 @@ def explain(as_json, assume_installed, **o):
 
 main.add_command(run)
 main.add_command(matrix)
+main.add_command(hf)

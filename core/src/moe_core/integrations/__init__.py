@@ -1,0 +1,1 @@
+"""Hosts that resolve backends at model load: adapters for model libraries (optional extras)."""
