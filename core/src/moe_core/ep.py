@@ -9,7 +9,8 @@ for (``plan.dispatch.layout``):
   the runner returns each row's weighted sum over *this rank's* experts.
 * ``contiguous``: rows ``[N, H]`` grouped per local expert, ``counts [E_local]``.
 * ``masked``: ``[E_local, M, H]`` with ``counts [E_local]`` valid rows per expert, ``M =
-  max_tokens_per_rank * ep_size`` (every token of every rank could pick one expert).
+  max_tokens_per_rank * ep_size`` (every token of every rank could pick one expert). Rows
+  past a count hold anything (as DeepEP's buffers do): runners must not read them.
 
 ``combine`` applies the top-k weights (where the runner did not), returns each partial sum
 to the rank the token came from and adds them: the result is the whole layer's output for

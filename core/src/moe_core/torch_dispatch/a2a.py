@@ -3,8 +3,8 @@
 Each token goes once to each rank that owns at least one of its experts (not once per
 expert), with its top-k ids and weights packed into the same row of bytes, so dispatch is
 one count exchange plus one payload exchange. The receiving rank reduces its experts'
-outputs per token (weights applied) before sending one row back, as DeepEP's normal mode
-does; the origin adds the per-rank partial sums in fp32.
+outputs per token (weights applied, :mod:`.reduce`) before sending one row back, as DeepEP's
+normal mode does; the origin adds the per-rank partial sums in fp32.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from ..dispatch import CONTIGUOUS, MASKED, STANDARD
+from ..dispatch import CONTIGUOUS, STANDARD
 from ..ep import Dispatched, Dispatcher, ep_group
 from ..quant.fp8 import dequantize_fp8_blockwise, quantize_fp8_blockwise
-from ..runner import combine, contiguous_layout, masked_layout, valid_rows
+from ..runner import contiguous_layout
+from .reduce import slot_positions, weighted_reduce
 
 #: Activation quantization group of the FP8 wire format (DeepEP's and DeepGEMM's).
 FP8_GROUP = 128
@@ -85,20 +86,27 @@ class TorchAllToAll(Dispatcher):
         route = (token, sent, got, T)
         if self.layout == STANDARD:
             return Dispatched(rx, topk_ids=rids, topk_weights=rw, handle=(route, None))
-        rows, offsets, tokens, pairs = contiguous_layout(rx, rids, self.first, self.local)
-        reduce = (tokens, pairs, rw, rx.shape[0])
+        rows, offsets, _, pairs = contiguous_layout(rx, rids, self.first, self.local)
+        counts = offsets.diff()
+        order = torch.arange(rows.shape[0], device=rows.device)
         if self.layout == CONTIGUOUS:
-            return Dispatched(rows, counts=offsets.diff(), handle=(route, reduce))
-        buf, counts = masked_layout(rows, offsets, self.max_m)
-        return Dispatched(buf, counts=counts, handle=(route, reduce))
+            pos = slot_positions(rx.shape[0], rids.shape[1], pairs, order)
+            return Dispatched(rows, counts=counts, handle=(route, (pos, rw)))
+        # Masked: row i of expert e goes to e * max_m + (i - offsets[e]). Rows past a count
+        # are left unwritten (the layout leaves them unspecified; no kernel reads them).
+        expert = torch.repeat_interleave(torch.arange(self.local, device=rows.device), counts,
+                                         output_size=rows.shape[0])
+        dest = expert * self.max_m + order - offsets[expert]
+        buf = rows.new_empty(self.local * self.max_m, rows.shape[1])
+        buf.index_copy_(0, dest, rows)
+        pos = slot_positions(rx.shape[0], rids.shape[1], pairs, dest)
+        return Dispatched(buf.view(self.local, self.max_m, -1), counts=counts, handle=(route, (pos, rw)))
 
     def combine(self, y, dispatched: Dispatched) -> torch.Tensor:
         (token, sent, got, T), reduce = dispatched.handle
         if reduce is not None:
-            tokens, pairs, rw, n = reduce
-            if self.layout == MASKED:
-                y = y[valid_rows(dispatched.counts, y.shape[1])]
-            y = combine(y, tokens, pairs, rw, n)
+            pos, rw = reduce
+            y = weighted_reduce(y.reshape(-1, y.shape[-1]), pos, rw)
         back = y.to(torch.bfloat16).contiguous()
         # Bytes on the wire: gloo has no bf16 all-to-all; NCCL does not care.
         ret = self._exchange(back.view(torch.uint8), got, sent).view(torch.bfloat16)

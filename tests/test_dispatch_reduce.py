@@ -1,0 +1,27 @@
+"""The combine's local reduction against a float64 definition (CPU path; the Triton path
+runs in the GPU loopback check, scripts/gpu_dispatch_loopback.py)."""
+
+from __future__ import annotations
+
+import torch
+
+from moe_core.torch_dispatch.reduce import slot_positions, weighted_reduce
+
+
+def test_weighted_reduce_matches_its_definition():
+    g = torch.Generator().manual_seed(0)
+    n, k, H, P = 7, 3, 40, 12
+    y = torch.randn(P, H, generator=g).bfloat16()
+    pairs = torch.randperm(n * k, generator=g)[:P]  # slots with a local expert
+    rows = torch.randperm(P, generator=g)
+    pos = slot_positions(n, k, pairs, rows)
+    w = torch.rand(n, k, generator=g)
+    want = torch.zeros(n, H, dtype=torch.float64)
+    for t in range(n):
+        for s in range(k):
+            if pos[t, s] >= 0:
+                want[t] += w[t, s].double() * y[pos[t, s]].double()
+    got = weighted_reduce(y, pos, w)
+    assert got.dtype == torch.bfloat16
+    assert torch.allclose(got.double(), want, rtol=1e-2, atol=1e-2)
+    assert (pos >= 0).sum() == P and set(pos[pos >= 0].tolist()) == set(range(P))
