@@ -25,6 +25,11 @@ ENV_DISABLE = "MOE_DISABLE"
 _STATUS_ORDER = {s: i for i, s in enumerate((CHOSEN, SUPPORTED, DECLINED, DISABLED, NOT_FORCED, BROKEN))}
 
 
+def _trace_order(c: Candidate):
+    """How a trace lists candidates that did not run: by status, then rank."""
+    return _STATUS_ORDER[c.status], -c.priority, c.plugin, c.variant
+
+
 def _selector(text: str) -> tuple[str, str | None]:
     plugin, _, variant = text.strip().partition(":")
     return plugin, (variant or None)
@@ -177,7 +182,7 @@ class Host:
             except Exception as e:
                 settled.append(dataclasses.replace(
                     cand, status=BROKEN, reason=f"configure_dispatcher failed: {_describe_exc(e)}"))
-        settled.sort(key=lambda c: (_STATUS_ORDER[c.status], -c.priority, c.plugin, c.variant))
+        settled.sort(key=_trace_order)
         candidates = tuple(ranked + settled)
         if plan is not None:
             plan = dataclasses.replace(plan, candidates=candidates)
@@ -216,7 +221,7 @@ class Host:
             disabled)
         ranked = [dataclasses.replace(c, status=CHOSEN if i == 0 else SUPPORTED)
                   for i, (c, _) in enumerate(eligible)]
-        settled.sort(key=lambda c: (_STATUS_ORDER[c.status], -c.priority, c.plugin, c.variant))
+        settled.sort(key=_trace_order)
         return tuple(ranked + settled)
 
     # -- after resolution -----------------------------------------------------------
@@ -251,11 +256,14 @@ class Host:
                               "a dispatcher with dispatch() and combine()")
         return d
 
+    def _plan_for(self, spec: MoESpec | Plan, force, disable) -> Plan:
+        return spec if isinstance(spec, Plan) else self.resolve(spec, force=force, disable=disable)
+
     def load(self, spec: MoESpec | Plan, weights: MoEWeights, *, force: str | None = None,
              disable: Iterable[str] | str | None = None, check_values: bool = True):
         """Resolve (unless given a plan), process the weights and build this rank's layer
         (its local experts; token dispatch is :meth:`load_dispatched`)."""
-        plan = spec if isinstance(spec, Plan) else self.resolve(spec, force=force, disable=disable)
+        plan = self._plan_for(spec, force, disable)
         return self.make_runner(plan, self.process_weights(plan, weights), check_values=check_values)
 
     def load_dispatched(self, spec: MoESpec | Plan, weights: MoEWeights, group: Any = None, *,
@@ -265,6 +273,6 @@ class Host:
         :class:`moe_core.ep.DispatchedLayer` that every rank of the group calls together."""
         from .ep import DispatchedLayer
 
-        plan = spec if isinstance(spec, Plan) else self.resolve(spec, force=force, disable=disable)
+        plan = self._plan_for(spec, force, disable)
         dispatcher = self.make_dispatcher(plan, group)
         return DispatchedLayer(self.load(plan, weights, check_values=check_values), dispatcher)

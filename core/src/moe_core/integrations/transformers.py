@@ -160,21 +160,21 @@ class ApplyReport:
         move more than any layer: a near-tie in a later router may flip.)"""
         from ..reference.oracle import relative_error
 
-        seen: dict[str, tuple] = {}
+        seen: dict[int, tuple] = {}
 
-        def keep(key):
+        def keep(i):
             def hook(mod, inp, out):  # returns None: the output is left as it is
-                seen.setdefault(key, (inp, out))
+                seen.setdefault(i, (inp, out))
             return hook
 
-        hooks = [getattr(parent, attr).register_forward_hook(keep(f"{id(parent)}.{attr}"))
-                 for parent, attr, _ in self._swapped]
+        hooks = [getattr(parent, attr).register_forward_hook(keep(i))
+                 for i, (parent, attr, _) in enumerate(self._swapped)]
         try:
             with torch.no_grad():
                 model(*args, **kwargs)
                 out = {}
-                for (parent, attr, original), r in zip(self._swapped, self.layers):
-                    inp, got = seen[f"{id(parent)}.{attr}"]
+                for i, ((_, _, original), r) in enumerate(zip(self._swapped, self.layers)):
+                    inp, got = seen[i]
                     out[r.name] = relative_error(got, original(*inp))
         finally:
             for h in hooks:

@@ -9,7 +9,7 @@ import torch
 from ..spec import MoESpec, Quant
 from ..weights import MoEWeights
 from .fp4 import dequantize_mxfp4, dequantize_nvfp4, quantize_mxfp4, quantize_nvfp4
-from .fp8 import dequantize_fp8_blockwise, quantize_fp8_blockwise
+from .fp8 import ACT_GROUP, dequantize_fp8_blockwise, quantize_fp8_blockwise
 
 
 @dataclass(frozen=True)
@@ -123,8 +123,8 @@ def fake_quantize_activation(quant: Quant, x: torch.Tensor) -> torch.Tensor:
     """
     dt = x.dtype
     if quant is Quant.FP8_BLOCK128:
-        q, s = quantize_fp8_blockwise(x, 1, 128)
-        return dequantize_fp8_blockwise(q, s, 1, 128, dt)
+        q, s = quantize_fp8_blockwise(x, 1, ACT_GROUP)
+        return dequantize_fp8_blockwise(q, s, 1, ACT_GROUP, dt)
     if quant is Quant.FP8_CHANNEL:
         q, s = quantize_fp8_blockwise(x, 1, None)
         return dequantize_fp8_blockwise(q, s, 1, None, dt)

@@ -11,6 +11,8 @@ import torch
 from ..sizes import cdiv
 
 FP8_MAX = 448.0  # largest finite e4m3fn value
+#: Activation quantization group of the FP8 formats (1 x 128: DeepGEMM's, DeepEP's).
+ACT_GROUP = 128
 _TINY = 1e-12
 
 

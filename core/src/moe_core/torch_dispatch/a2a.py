@@ -3,8 +3,8 @@
 Each token goes once to each rank that owns at least one of its experts (not once per
 expert), with its top-k ids and weights packed into the same row of bytes, so dispatch is
 one count exchange plus one payload exchange. The receiving rank reduces its experts'
-outputs per token (weights applied, :mod:`.reduce`) before sending one row back, as DeepEP's
-normal mode does; the origin adds the per-rank partial sums in fp32.
+outputs per token (weights applied, :func:`moe_core.runner.weighted_reduce`) before sending
+one row back, as DeepEP's normal mode does; the origin adds the per-rank partial sums in fp32.
 """
 
 from __future__ import annotations
@@ -14,20 +14,16 @@ import torch.distributed as dist
 
 from ..dispatch import CONTIGUOUS, STANDARD
 from ..ep import Dispatched, Dispatcher, ep_group
-from ..quant.fp8 import dequantize_fp8_blockwise, quantize_fp8_blockwise
-from ..runner import contiguous_layout
-from .reduce import slot_positions, weighted_reduce
-
-#: Activation quantization group of the FP8 wire format (DeepEP's and DeepGEMM's).
-FP8_GROUP = 128
-
+from ..quant.fp8 import ACT_GROUP, dequantize_fp8_blockwise, quantize_fp8_blockwise
+from ..runner import contiguous_layout, slot_positions, weighted_reduce
+from ..sizes import cdiv
 
 class RowCodec:
     """Packs (hidden row, top-k ids, top-k weights) into one uint8 row, and back."""
 
     def __init__(self, hidden: int, top_k: int, wire: str, ue8m0: bool = False):
         self.hidden, self.top_k, self.wire, self.ue8m0 = hidden, top_k, wire, ue8m0
-        groups = -(-hidden // FP8_GROUP)
+        groups = cdiv(hidden, ACT_GROUP)
         self.x_bytes = hidden * 2 if wire == "bf16" else hidden + 4 * groups
         self.row_bytes = self.x_bytes + 8 * top_k
 
@@ -36,7 +32,7 @@ class RowCodec:
         if self.wire == "bf16":
             parts = [x.to(torch.bfloat16)]
         else:
-            q, scale = quantize_fp8_blockwise(x, 1, FP8_GROUP, ue8m0=self.ue8m0)
+            q, scale = quantize_fp8_blockwise(x, 1, ACT_GROUP, ue8m0=self.ue8m0)
             parts = [q, scale.reshape(n, -1)]
         parts += [ids.to(torch.int32), weights.to(torch.float32)]
         return torch.cat([p.contiguous().view(torch.uint8).reshape(n, -1) for p in parts], dim=1)
@@ -50,7 +46,7 @@ class RowCodec:
         else:
             q = x_raw[:, :H].contiguous().view(torch.float8_e4m3fn)
             scale = x_raw[:, H:].contiguous().view(torch.float32)
-            x = dequantize_fp8_blockwise(q, scale, 1, FP8_GROUP).to(torch.bfloat16)
+            x = dequantize_fp8_blockwise(q, scale, 1, ACT_GROUP).to(torch.bfloat16)
         ids = meta[:, :4 * k].contiguous().view(torch.int32).long()
         weights = meta[:, 4 * k:].contiguous().view(torch.float32)
         return x, ids, weights

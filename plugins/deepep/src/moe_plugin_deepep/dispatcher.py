@@ -11,13 +11,11 @@ import torch
 
 from moe_core.dispatch import STANDARD
 from moe_core.ep import Dispatched, Dispatcher, ep_group
-from moe_core.quant.fp8 import dequantize_fp8_blockwise, quantize_fp8_blockwise
-from moe_core.runner import combine, contiguous_layout
+from moe_core.quant.fp8 import ACT_GROUP, dequantize_fp8_blockwise, quantize_fp8_blockwise
+from moe_core.runner import contiguous_layout, slot_positions, weighted_reduce
 
 from .args import low_latency_kwargs, normal_fp8
 from .constraints import LOW_LATENCY
-
-FP8_GROUP = 128
 
 
 class DeepEPDispatcher(Dispatcher):
@@ -59,7 +57,7 @@ class DeepEPDispatcher(Dispatcher):
             data, scale = recv
             if self.cfg.use_ue8m0:  # packed UE8M0 exponents -> fp32 scales
                 scale = torch.exp2(scale.view(torch.uint8).float() - 127)
-            xb = dequantize_fp8_blockwise(data, scale.reshape(*data.shape[:-1], -1), 1, FP8_GROUP)
+            xb = dequantize_fp8_blockwise(data, scale.reshape(*data.shape[:-1], -1), 1, ACT_GROUP)
             return Dispatched(xb.to(torch.bfloat16), counts=counts, handle=state, quantized=(data, scale))
         return Dispatched(recv, counts=counts, handle=state)
 
@@ -67,20 +65,21 @@ class DeepEPDispatcher(Dispatcher):
     def _dispatch_normal(self, x, topk_ids, topk_weights) -> Dispatched:
         ids = topk_ids.long()
         per_rank, per_rdma, per_expert, in_rank, _ = self.buffer.get_dispatch_layout(ids, self.experts)
-        send = quantize_fp8_blockwise(x, 1, FP8_GROUP) if normal_fp8(self.cfg) else x
+        send = quantize_fp8_blockwise(x, 1, ACT_GROUP) if normal_fp8(self.cfg) else x
         recv, recv_ids, recv_w, _, handle, _ = self.buffer.dispatch(
             send, topk_idx=ids, topk_weights=topk_weights.float(), num_tokens_per_rank=per_rank,
             num_tokens_per_rdma_rank=per_rdma, is_token_in_rank=in_rank,
             num_tokens_per_expert=per_expert)
         if isinstance(recv, tuple):
-            recv = dequantize_fp8_blockwise(recv[0], recv[1], 1, FP8_GROUP).to(torch.bfloat16)
+            recv = dequantize_fp8_blockwise(recv[0], recv[1], 1, ACT_GROUP).to(torch.bfloat16)
         # DeepEP hands back local expert ids (-1: another rank's expert).
         if self.cfg.layout == STANDARD:
             gids = torch.where(recv_ids >= 0, recv_ids + self.first, -1)
             return Dispatched(recv, topk_ids=gids, topk_weights=recv_w, handle=(handle, None))
-        rows, offsets, tokens, pairs = contiguous_layout(recv, recv_ids, 0, self.local)
-        return Dispatched(rows, counts=offsets.diff(),
-                          handle=(handle, (tokens, pairs, recv_w, recv.shape[0])))
+        rows, offsets, _, pairs = contiguous_layout(recv, recv_ids, 0, self.local)
+        pos = slot_positions(recv.shape[0], recv_ids.shape[1], pairs,
+                             torch.arange(rows.shape[0], device=rows.device))
+        return Dispatched(rows, counts=offsets.diff(), handle=(handle, (pos, recv_w)))
 
     def dispatch(self, x, topk_ids, topk_weights) -> Dispatched:
         if self.low_latency:
@@ -94,6 +93,6 @@ class DeepEPDispatcher(Dispatcher):
                 y.to(torch.bfloat16), topk_ids.long(), topk_weights.float(), handle)
             return out
         handle, reduce = dispatched.handle
-        partial = y if reduce is None else combine(y, *reduce)
+        partial = y if reduce is None else weighted_reduce(y, *reduce)
         out, _, _ = self.buffer.combine(partial.to(torch.bfloat16), handle)
         return out
