@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 
 from moe_core import Quant, SpecError, bundled_models, spec_for_model
 from moe_core.conformance.checks import check_run, not_runnable_here, plugin_candidates
-from moe_core.conformance.strategies import specs
+from moe_core.conformance.strategies import edge_specs, specs
 from moe_core.plan import CHOSEN, SUPPORTED
 
 ARCHS = ["cpu", "sm90", "sm100"]
@@ -45,6 +45,8 @@ def test_honest_on_random_specs(moe_host, moe_plugin, arch, quant, pytestconfig)
             else:
                 check_run(moe_host, cand.backend, spec)
 
+    for edge in edge_specs(arch, Quant(quant)):
+        check = example(edge)(check)
     check()
     if skipped:
         pytest.skip(f"declarations checked; {len(skipped)} supported runs not run: {skipped[0]}")

@@ -11,6 +11,18 @@ _HIDDEN = st.one_of(st.sampled_from([64, 128, 256, 384]), st.integers(8, 320))
 _INTER = st.one_of(st.sampled_from([32, 64, 96, 128, 256]), st.integers(4, 200))
 
 
+def edge_specs(arch: str = "cpu", quant: Quant | None = None) -> list[MoESpec]:
+    """Specs every kit run tries first, whatever the random draw: one aligned, two ragged.
+
+    Random draws find ragged sizes only with some probability; a plugin that crashes on them
+    must fail the kit every time, not on an unlucky seed.
+    """
+    q = quant or Quant.BF16
+    return [MoESpec(num_experts=4, top_k=2, hidden_size=h, intermediate_size=i, quant=q, arch=arch,
+                    max_tokens=64)
+            for h, i in ((256, 128), (200, 96), (72, 40))]
+
+
 @st.composite
 def specs(draw, arch: str = "cpu", quant: Quant | None = None) -> MoESpec:
     moe_tp = draw(st.sampled_from([1, 2]))
