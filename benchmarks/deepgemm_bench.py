@@ -11,38 +11,20 @@ includes DeepGEMM's JIT compile, a load-time cost users pay once per shape).
 
 from __future__ import annotations
 
-import time
-
 import torch
 from rich.console import Console
 from rich.table import Table
+
+from common import PEAK_GBS, PEAK_TFLOPS, timed
 
 import moe_plugin_deepgemm as plugin
 from moe_core import Host, MoESpec
 from moe_core.registry import Registry
 from moe_core.synthetic import random_weights, weight_bytes
 
-PEAK_TFLOPS, PEAK_GBS = 790.0, 3350.0  # measured bf16 dense peak; H100 HBM3 peak
 E, H, I = 32, 7168, 2048
 DECODE_M = (1, 4, 16, 32, 64)
 PREFILL_ROWS = (4096, 8192, 16384)
-
-
-def timed(fn, iters=20):
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    first = time.perf_counter() - t0
-    for _ in range(3):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters, first
 
 
 def main() -> None:

@@ -1,22 +1,40 @@
-"""FlashInfer CUTLASS fused-MoE backend (skeleton). Kernels land with issue #5."""
+"""FlashInfer CUTLASS fused-MoE backend: bf16 and fp8 128x128-block layers on SM90, with
+scenario S2's padding of intermediate sizes the kernel cannot take as they are.
 
-from moe_core import Variant, Verdict, hookimpl
-from moe_core.availability import missing_module
+The kernels are FlashInfer's (TensorRT-LLM's CUTLASS MoE); :mod:`.build` compiles only the
+kind a plan needs with FlashInfer's JIT. Importing this module imports neither torch nor
+flashinfer.
+"""
 
-VARIANTS = [Variant("fused_moe", 20, "flashinfer.fused_moe.cutlass_fused_moe")]
+from __future__ import annotations
+
+from moe_core import Variant, hookimpl
+
+from .constraints import VARIANTS, padded_intermediate, verdicts
 
 
 @hookimpl
 def moe_variants():
-    return VARIANTS
+    return [Variant(name, priority, summary) for name, (priority, summary) in VARIANTS.items()]
 
 
 @hookimpl
 def supports_shape(spec):
-    why = "; ".join(filter(None, ["not implemented yet (issue #5)", missing_module("flashinfer")]))
-    return [Verdict.no(v.name, why) for v in VARIANTS]
+    return verdicts(spec)
+
+
+@hookimpl
+def process_weights(plan, weights):
+    from .weights import to_kernel
+
+    return to_kernel(plan.spec, weights, plan.intermediate_padded)
 
 
 @hookimpl
 def make_runner(plan, weights):
-    raise NotImplementedError("the flashinfer_cutlass skeleton declines every spec until issue #5 lands")
+    from .runner import CutlassFusedMoeRunner
+
+    return CutlassFusedMoeRunner(plan, weights)
+
+
+__all__ = ["padded_intermediate"]

@@ -1,0 +1,128 @@
+"""FlashInfer CUTLASS fused MoE vs DeepGEMM vs torch._grouped_mm on the H100, and S2.
+
+Table 1, the DeepGEMM benchmark's expert dims (DeepSeek-V3 under EP 8: 32 local experts,
+H=7168, I=2048, top-8), called in the standard layout (what an engine with a2a none
+calls: routing permute + GEMMs + activation + weighted combine, each backend its own
+way), decode (4-256 tokens) and prefill (512-2048 tokens, 4k-16k routed rows).
+Balanced routing, so every expert gets tokens x 8 / 32 rows.
+
+Table 2, scenario S2: the padded CUTLASS plan next to the plan the host falls back to
+when the plugin is disabled (what an unpadded deployment would run), on the shapes of the
+SGLang report: Nemotron-3-Nano (I=1856, TP 8 -> 232, relu2) and a synthetic 7688 at
+TP 8 (961, SiLU-gated).
+
+    python benchmarks/flashinfer_cutlass_bench.py   # needs a GPU and flashinfer (scripts/gpu_flashinfer.sh)
+"""
+
+from __future__ import annotations
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from common import PEAK_GBS, PEAK_TFLOPS, timed
+
+from moe_core import Host, MoESpec, spec_for_model
+from moe_core.errors import ResolutionError
+from moe_core.synthetic import random_weights, weight_bytes
+
+E, H, I, K = 32, 7168, 2048, 8
+TOKENS = {"decode": (4, 16, 64, 128, 256), "prefill": (512, 1024, 2048)}
+BACKENDS = {"bf16": ("flashinfer_cutlass:bf16", "deepgemm", "reference:grouped_mm"),
+            "fp8_block128": ("flashinfer_cutlass:fp8_block128", "deepgemm", "reference:grouped_mm")}
+
+
+def balanced(tokens: int, spec: MoESpec):
+    gen = torch.Generator(device="cuda").manual_seed(tokens)
+    x = torch.randn(tokens, spec.hidden_size, device="cuda", generator=gen).to(torch.bfloat16)
+    slots = torch.arange(tokens * spec.top_k, device="cuda")
+    ids = ((slots + slots // spec.num_experts) % spec.num_experts).view(tokens, spec.top_k)
+    w = torch.softmax(torch.randn(tokens, spec.top_k, device="cuda", generator=gen), -1)
+    return x, w, ids
+
+
+def _row(table, label, spec, layer, tokens, backend, wbytes):
+    x, w, ids = balanced(tokens, spec)
+    ms, first = timed(lambda: layer(x, w, ids))
+    rows = tokens * spec.top_k
+    flops = 2 * rows * spec.hidden_size * (spec.w13_rows + spec.intermediate_per_partition)
+    tflops = flops / ms / 1e9
+    gbs = wbytes / ms / 1e6
+    table.add_row(label, str(tokens), str(rows), backend, f"{ms:.3f}", f"{tflops:.0f}",
+                  f"{tflops / PEAK_TFLOPS:.0%}", f"{gbs:.0f}", f"{gbs / PEAK_GBS:.0%}", f"{first:.2f}")
+    return ms
+
+
+def _table(title: str) -> Table:
+    table = Table(title=title)
+    for col in ("case", "tokens", "rows", "backend", "ms", "TFLOP/s", "% bf16 peak", "weight GB/s",
+                "% HBM", "first call s"):
+        table.add_column(col, justify="right")
+    return table
+
+
+def side_by_side(host: Host, console: Console) -> None:
+    table = _table(f"Fused MoE layer, standard layout, {torch.cuda.get_device_name()}, "
+                   f"E={E} local experts, H={H}, I={I}, top-{K}")
+    for quant, backends in BACKENDS.items():
+        spec = MoESpec(num_experts=E, top_k=K, hidden_size=H, intermediate_size=I, quant=quant,
+                       arch="sm90", max_tokens=2048)
+        weights = random_weights(spec)
+        wbytes = weight_bytes(spec)
+        for backend in backends:
+            for regime, counts in TOKENS.items():
+                s = spec.replace(max_tokens=max(counts))
+                try:
+                    plan = host.resolve(s, force=backend)
+                except ResolutionError as e:
+                    console.print(f"[yellow]{backend} {quant} {regime}: not run: {e}")
+                    continue
+                layer = host.load(plan, weights, check_values=False)
+                for tokens in counts:
+                    _row(table, f"{regime} {quant}", s, layer, tokens, plan.backend, wbytes)
+        del weights
+        torch.cuda.empty_cache()
+    console.print(table)
+
+
+def s2(host: Host, console: Console) -> None:
+    table = _table("S2: padded CUTLASS vs the unpadded fallback")
+    cases = [
+        ("Nemotron-3-Nano TP8 (232)",
+         spec_for_model("nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16", tp=8, arch="sm90", max_tokens=2048)),
+        ("synthetic 7688 TP8 (961) bf16",
+         MoESpec(num_experts=64, top_k=8, hidden_size=4096, intermediate_size=7688, tp_size=8,
+                 arch="sm90", max_tokens=2048)),
+        ("synthetic 7688 TP8 (961) fp8",
+         MoESpec(num_experts=64, top_k=8, hidden_size=4096, intermediate_size=7688, tp_size=8,
+                 quant="fp8_block128", arch="sm90", max_tokens=2048)),
+    ]
+    for label, spec in cases:
+        weights = random_weights(spec)
+        wbytes = weight_bytes(spec)
+        padded = host.resolve(spec, force="flashinfer_cutlass")
+        fallback = host.resolve(spec, disable="flashinfer_cutlass")
+        times = {}
+        for plan in (padded, fallback):
+            layer = host.load(plan, weights, check_values=False)
+            for tokens in (16, 256, 2048):
+                name = f"{plan.backend} (I={plan.intermediate_padded})"
+                times[(plan.backend, tokens)] = _row(table, label, spec, layer, tokens, name, wbytes)
+        for tokens in (16, 256, 2048):
+            gain = times[(fallback.backend, tokens)] / times[(padded.backend, tokens)] - 1
+            console.print(f"S2 {label} tokens={tokens}: padded {padded.backend} is {gain:+.0%} throughput "
+                          f"vs fallback {fallback.backend}")
+        del weights
+        torch.cuda.empty_cache()
+    console.print(table)
+
+
+def main() -> None:
+    host = Host()
+    console = Console(width=180)
+    side_by_side(host, console)
+    s2(host, console)
+
+
+if __name__ == "__main__":
+    main()
