@@ -6,10 +6,14 @@ calls: routing permute + GEMMs + activation + weighted combine, each backend its
 way), decode (4-256 tokens) and prefill (512-2048 tokens, 4k-16k routed rows).
 Balanced routing, so every expert gets tokens x 8 / 32 rows.
 
-Table 2, scenario S2: the padded CUTLASS plan next to the plan the host falls back to
-when the plugin is disabled (what an unpadded deployment would run), on the shapes of the
-SGLang report: Nemotron-3-Nano (I=1856, TP 8 -> 232, relu2) and a synthetic 7688 at
-TP 8 (961, SiLU-gated).
+Table 2, the same expert dims in the contiguous layout a dispatcher delivers (DeepEP
+normal, torch all-to-all): 4k-16k rows already grouped per expert.
+
+Table 3, scenario S2: the padded CUTLASS plan next to the plan the host falls back to
+when the plugin is disabled (what an unpadded deployment would run; the example plugin
+is disabled too, as no deployment installs it), on the shapes of the SGLang report:
+Nemotron-3-Nano (I=1856, TP 8 -> 232, relu2) and a synthetic 7688 at TP 8 (961,
+SiLU-gated).
 
     python benchmarks/flashinfer_cutlass_bench.py   # needs a GPU and flashinfer (scripts/gpu_flashinfer.sh)
 """
@@ -41,10 +45,15 @@ def balanced(tokens: int, spec: MoESpec):
     return x, w, ids
 
 
-def _row(table, label, spec, layer, tokens, backend, wbytes):
+def _row(table, label, spec, layer, tokens, backend, wbytes, contiguous=False):
     x, w, ids = balanced(tokens, spec)
-    ms, first = timed(lambda: layer(x, w, ids))
     rows = tokens * spec.top_k
+    if contiguous:  # rows grouped per expert, as a dispatcher hands them over
+        xr = torch.randn(rows, spec.hidden_size, device="cuda").to(torch.bfloat16)
+        offsets = torch.linspace(0, rows, spec.local_experts + 1, device="cuda").long()
+        ms, first = timed(lambda: layer.run_contiguous(xr, offsets))
+    else:
+        ms, first = timed(lambda: layer(x, w, ids))
     flops = 2 * rows * spec.hidden_size * (spec.w13_rows + spec.intermediate_per_partition)
     tflops = flops / ms / 1e9
     gbs = wbytes / ms / 1e6
@@ -64,6 +73,7 @@ def _table(title: str) -> Table:
 def side_by_side(host: Host, console: Console) -> None:
     table = _table(f"Fused MoE layer, standard layout, {torch.cuda.get_device_name()}, "
                    f"E={E} local experts, H={H}, I={I}, top-{K}")
+    contiguous = _table("The same, contiguous layout from a dispatcher")
     for quant, backends in BACKENDS.items():
         spec = MoESpec(num_experts=E, top_k=K, hidden_size=H, intermediate_size=I, quant=quant,
                        arch="sm90", max_tokens=2048)
@@ -80,9 +90,17 @@ def side_by_side(host: Host, console: Console) -> None:
                 layer = host.load(plan, weights, check_values=False)
                 for tokens in counts:
                     _row(table, f"{regime} {quant}", s, layer, tokens, plan.backend, wbytes)
+                if regime == "prefill":
+                    layer = host.load(host.resolve(s.replace(a2a="torch_a2a", ep_size=2, tp_size=2,
+                                                             num_experts=2 * E), force=backend),
+                                      weights, check_values=False)
+                    for tokens in counts:
+                        _row(contiguous, f"contiguous {quant}", s, layer, tokens, layer.plan.backend,
+                             wbytes, contiguous=True)
         del weights
         torch.cuda.empty_cache()
     console.print(table)
+    console.print(contiguous)
 
 
 def s2(host: Host, console: Console) -> None:
@@ -101,7 +119,7 @@ def s2(host: Host, console: Console) -> None:
         weights = random_weights(spec)
         wbytes = weight_bytes(spec)
         padded = host.resolve(spec, force="flashinfer_cutlass")
-        fallback = host.resolve(spec, disable="flashinfer_cutlass")
+        fallback = host.resolve(spec, disable=("flashinfer_cutlass", "example"))
         times = {}
         for plan in (padded, fallback):
             layer = host.load(plan, weights, check_values=False)
