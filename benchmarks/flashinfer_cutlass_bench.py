@@ -46,13 +46,13 @@ def balanced(tokens: int, spec: MoESpec):
 
 
 def _row(table, label, spec, layer, tokens, backend, wbytes, contiguous=False):
-    x, w, ids = balanced(tokens, spec)
     rows = tokens * spec.top_k
     if contiguous:  # rows grouped per expert, as a dispatcher hands them over
         xr = torch.randn(rows, spec.hidden_size, device="cuda").to(torch.bfloat16)
         offsets = torch.linspace(0, rows, spec.local_experts + 1, device="cuda").long()
         ms, first = timed(lambda: layer.run_contiguous(xr, offsets))
     else:
+        x, w, ids = balanced(tokens, spec)
         ms, first = timed(lambda: layer(x, w, ids))
     flops = 2 * rows * spec.hidden_size * (spec.w13_rows + spec.intermediate_per_partition)
     tflops = flops / ms / 1e9

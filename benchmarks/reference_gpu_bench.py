@@ -10,24 +10,13 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from common import timed
+
 from moe_core import Host, spec_for_model
 from moe_core.synthetic import random_inputs, random_weights, weight_bytes
 
 SHAPES = [("Qwen/Qwen3-30B-A3B", 1), ("Qwen/Qwen3-235B-A22B", 4)]  # (model, tp)
 TOKENS = [64, 4096]
-
-
-def bench(fn, iters: int = 20) -> float:
-    for _ in range(3):
-        fn()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    torch.cuda.synchronize()
-    start.record()
-    for _ in range(iters):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / iters
 
 
 def main() -> None:
@@ -45,7 +34,7 @@ def main() -> None:
             wbytes = weight_bytes(spec) * hit / spec.local_experts
             for variant in ("grouped_mm", "loop"):
                 layer = host.load(spec, weights, force=f"reference:{variant}", check_values=False)
-                ms = bench(lambda: layer(x, tw, ti), iters=20 if variant == "grouped_mm" else 3)
+                ms, _ = timed(lambda: layer(x, tw, ti), iters=20 if variant == "grouped_mm" else 3)
                 table.add_row(model.split("/")[1], str(tp), str(tokens), variant, f"{ms:.3f}",
                               f"{flops / ms / 1e9:.1f}", f"{wbytes / ms / 1e6:.0f}")
     Console(width=140).print(table)

@@ -26,10 +26,12 @@ import json
 import os
 import re
 import time
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
-BF16, FP8_BLOCK = "bf16", "fp8_block128"
+from .constraints import BF16, FP8_BLOCK
+
 #: kind -> (CutlassMoeFCRunner template arguments as the binding spells them, MoeGemmRunner
 #: source, generated launcher dtypes, extra nvcc defines).
 KINDS = {
@@ -89,23 +91,21 @@ def patch_binding(source: str, kind: str) -> tuple[str, int]:
 
     :return: ``(text, replaced)``; raises if a kept constructor is not found (a FlashInfer
         version whose binding this does not understand)."""
-    keep = {KINDS[check_kind(kind)][0]}
-    found, replaced = set(), 0
+    keep = KINDS[check_kind(kind)][0]
+    kept = False
 
     def sub(m: re.Match) -> str:
-        nonlocal replaced
-        args = re.sub(r"\s+", "", m.group(1))
-        if args in keep:
-            found.add(args)
+        nonlocal kept
+        if re.sub(r"\s+", "", m.group(1)) == keep:
+            kept = True
             return m.group(0)
-        replaced += 1
         return "nullptr /* moe-core: not built */"
 
-    text = _RUNNER_NEW.sub(sub, source)
-    missing = keep - found
-    if missing or not replaced:
+    text, matched = _RUNNER_NEW.subn(sub, source)
+    replaced = matched - kept
+    if not kept or not replaced:
         raise RuntimeError(f"FlashInfer's fused-MoE binding has no runner constructor for "
-                           f"{sorted(missing)} (or none to drop): unsupported FlashInfer version")
+                           f"{keep!r} (or none to drop): unsupported FlashInfer version")
     return text, replaced
 
 
@@ -142,7 +142,6 @@ def _generated_launchers(out_dir: Path, dtypes) -> list[Path]:
     paths = []
     for i, chunk in enumerate(files):
         path = out_dir / f"moe_core_launchers_{i}.generated.cu"
-        path.parent.mkdir(parents=True, exist_ok=True)
         gk.write_file([_LAUNCHER_INL], chunk, str(path))
         paths.append(path)
     return paths
@@ -154,7 +153,7 @@ def module_spec(kind: str):
     from flashinfer.jit.core import gen_jit_spec, sm90a_nvcc_flags
 
     name = module_name(kind)
-    runner_args, gemm_source, dtypes, defines = KINDS[kind]
+    _, gemm_source, dtypes, defines = KINDS[kind]
     csrc = jit_env.FLASHINFER_CSRC_DIR
     gen = jit_env.FLASHINFER_GEN_SRC_DIR / name
     binding, _ = patch_binding((csrc / _BINDING).read_text(), kind)
@@ -171,6 +170,7 @@ def module_spec(kind: str):
 
 
 # -- build state, cheap to query ----------------------------------------------------------
+@lru_cache(maxsize=1)  # read per resolution (build_note); fixed for the process
 def _flashinfer_version() -> str | None:
     try:
         return metadata.version("flashinfer-python")

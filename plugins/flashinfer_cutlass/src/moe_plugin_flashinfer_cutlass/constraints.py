@@ -18,7 +18,9 @@ from moe_core import A2A, Activation, Quant, Verdict
 from moe_core.availability import missing_module
 from moe_core.sizes import round_up
 
-BF16, FP8_BLOCK, FP8_TENSOR, NVFP4, MXFP4 = "bf16", "fp8_block128", "fp8_tensor", "nvfp4", "mxfp4"
+#: Variant names are the ``Quant`` values they run.
+BF16, FP8_BLOCK, FP8_TENSOR, NVFP4, MXFP4 = (Quant.BF16.value, Quant.FP8_BLOCK128.value,
+                                            Quant.FP8_TENSOR.value, Quant.NVFP4.value, Quant.MXFP4.value)
 #: name -> (priority, summary). The same priority as DeepGEMM's fused variants; the
 #: per-spec preference decides between them from what was measured on the H100
 #: (benchmarks/flashinfer_cutlass_bench.py, docs/results.md): in the standard layout
@@ -33,8 +35,6 @@ VARIANTS = {
     NVFP4: (31, "fused MoE, NVFP4 weights and activations (SM100)"),
     MXFP4: (31, "fused MoE, MXFP4 weights (SM100)"),
 }
-QUANT_OF = {BF16: Quant.BF16, FP8_BLOCK: Quant.FP8_BLOCK128, FP8_TENSOR: Quant.FP8_TENSOR,
-            NVFP4: Quant.NVFP4, MXFP4: Quant.MXFP4}
 #: The size multiple TMA needs (16 bytes of the narrower operand).
 TMA_ALIGN = {Quant.BF16: 8, Quant.FP8_BLOCK128: 16}
 #: Scenario S2: an intermediate size per partition off this multiple is zero-padded up to it.
@@ -66,7 +66,7 @@ def _arch(spec, variant: str) -> str | None:
     return None
 
 
-def _shape(spec, variant: str) -> str | None:
+def _shape(spec) -> str | None:
     if spec.act_dtype != "bf16":
         return f"the kernel reads and writes bf16 activations, got {spec.act_dtype}"
     if spec.activation not in ACTIVATIONS:
@@ -93,10 +93,10 @@ def _shape(spec, variant: str) -> str | None:
 def verdicts(spec) -> list[Verdict]:
     out = []
     for name in VARIANTS:
-        if spec.quant is not QUANT_OF[name]:
-            out.append(Verdict.no(name, f"runs {QUANT_OF[name].value} layers, this is {spec.quant.value}"))
+        if spec.quant.value != name:
+            out.append(Verdict.no(name, f"runs {name} layers, this is {spec.quant.value}"))
             continue
-        why = _arch(spec, name) or _shape(spec, name) or missing_module("flashinfer")
+        why = _arch(spec, name) or _shape(spec) or missing_module("flashinfer")
         if why:
             out.append(Verdict.no(name, why))
             continue
