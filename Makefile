@@ -3,7 +3,8 @@
 # .venv on first use; constraints.txt pins the CPU build of torch.
 VENV ?= .venv
 BIN = $(VENV)/bin
-PLUGINS = $(wildcard plugins/*/pyproject.toml examples/*/pyproject.toml)
+# The demo plugin (examples/) is not installed: it would take part in every resolution.
+PLUGINS = $(wildcard plugins/*/pyproject.toml)
 EDITABLE = -e core $(foreach p,$(PLUGINS),-e $(dir $(p)))
 
 .PHONY: dev run test bench

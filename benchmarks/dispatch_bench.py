@@ -83,8 +83,8 @@ def bench_case(host: Host, rank: int, world: int, tokens: int, hidden: int, wire
 
     floor_ms = _time(floor, iters, device)
     moved = sum(out_a) + sum(out_b)  # bytes this rank sends, self included
-    return dict(tokens=tokens, hidden=hidden, wire=plan.dispatch.dtype, layout=plan.dispatch.layout,
-                dispatcher=plan.dispatcher, ms=ms, gbps=moved / ms / 1e6, floor_ms=floor_ms,
+    return dict(tokens=tokens, hidden=hidden, wire=plan.dispatch.wire.value, layout=plan.dispatch.layout.value,
+                dispatcher=str(plan.dispatcher), ms=ms, gbps=moved / ms / 1e6, floor_ms=floor_ms,
                 floor_gbps=moved / floor_ms / 1e6, of_floor=floor_ms / ms, round_trip_err=err,
                 bytes_sent=moved)
 
@@ -98,7 +98,7 @@ def main() -> None:
     a = ap.parse_args()
     dist.init_process_group(a.backend)
     rank, world = dist.get_rank(), dist.get_world_size()
-    device = "cuda" if a.backend == "nccl" else "cpu"
+    device = "cuda" if str(a.backend) == "nccl" else "cpu"
     if device == "cuda":
         torch.cuda.set_device(rank % torch.cuda.device_count())
     host = Host()

@@ -125,9 +125,9 @@ def s2(host: Host, console: Console) -> None:
             layer = host.load(plan, weights, check_values=False)
             for tokens in (16, 256, 2048):
                 name = f"{plan.backend} (I={plan.intermediate_padded})"
-                times[(plan.backend, tokens)] = _row(table, label, spec, layer, tokens, name, wbytes)
+                times[(str(plan.backend), tokens)] = _row(table, label, spec, layer, tokens, name, wbytes)
         for tokens in (16, 256, 2048):
-            gain = times[(fallback.backend, tokens)] / times[(padded.backend, tokens)] - 1
+            gain = times[(str(fallback.backend), tokens)] / times[(str(padded.backend), tokens)] - 1
             console.print(f"S2 {label} tokens={tokens}: padded {padded.backend} is {gain:+.0%} throughput "
                           f"vs fallback {fallback.backend}")
         del weights

@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .carry && rm -f .carry/*.whl
-python3 -m pip wheel -q --no-deps -w .carry ./core ./plugins/*/ ./examples/*/
+python3 -m pip wheel -q --no-deps -w .carry ./core ./plugins/*/
 ls -la .carry

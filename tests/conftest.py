@@ -27,6 +27,7 @@ def make_plugin(variants, answer, *, dispatcher=None, runner=None, process=None)
         "moe_variants": lambda self: variants,
         "supports_shape": lambda self, spec: answer(spec),
         "make_runner": lambda self, plan, weights: (runner or ReferenceRunner)(plan, weights),
+        "probe_environment": lambda self: {"test.probed": "yes"},
     }
     if dispatcher is not None:
         hooks["configure_dispatcher"] = _configure(dispatcher)

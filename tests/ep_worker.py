@@ -8,45 +8,46 @@ torchrun with NCCL, on the GPU machine (scripts/gpu_ep.sh):
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 
 import torch
 import torch.distributed as dist
 
-from moe_core import Host, MoESpec, Variant, Verdict, hookimpl
+from moe_core import Host, Layout, MoESpec, Variant, Verdict, Wire, hookimpl
 from moe_core.arch import detect_arch
-from moe_core.dispatch import STANDARD
 from moe_core.reference.experts import ReferenceRunner
 from moe_core.reference.oracle import relative_error
 from moe_core.registry import Registry
 from moe_core.synthetic import random_inputs, random_weights
 
 
-class StandardLayout:
-    """The reference runner asking the dispatcher for the standard layout."""
+class Declared:
+    """The reference runner under declarations of its own: which layouts it takes, which
+    wire formats (FP8 is dequantized on arrival, so the reference can take it)."""
+
+    VARIANTS = [Variant("standard", 1000, "reference runner fed the standard layout",
+                        layouts=(Layout.STANDARD,)),
+                Variant("fp8_wire", 1000, "reference runner taking FP8 tokens", wire=(Wire.FP8,))]
 
     @hookimpl
     def moe_variants(self):
-        return [Variant("standard", 1000, "reference runner fed the standard layout")]
+        return self.VARIANTS
 
     @hookimpl
     def supports_shape(self, spec):
-        return [Verdict.yes("standard", "test plugin")]
-
-    @hookimpl
-    def configure_dispatcher(self, plan, dispatcher):
-        return dataclasses.replace(dispatcher, layout=STANDARD)
+        return [Verdict.yes(v.name, "test plugin") for v in self.VARIANTS]
 
     @hookimpl
     def make_runner(self, plan, weights):
         return ReferenceRunner(plan, weights)
 
 
-#: (name, a2a mode, force) -> the layout and wire dtype follow from resolution.
-CASES = [("contiguous", "torch_a2a", None), ("masked", "deepep_ll", None),
-         ("standard", "torch_a2a", "standard_layout"), ("normal", "deepep_normal", None)]
+#: (name, a2a mode, quant, force) -> the layout and wire format follow from resolution.
+CASES = [("contiguous", "torch_a2a", "bf16", None), ("masked", "deepep_ll", "bf16", None),
+         ("standard", "torch_a2a", "bf16", "declared:standard"),
+         ("normal", "deepep_normal", "bf16", None),
+         ("fp8 wire", "deepep_ll", "fp8_block128", "declared:fp8_wire")]
 
 
 def full_spec(device: str, hidden: int, experts: int, top_k: int, intermediate: int) -> MoESpec:
@@ -60,21 +61,21 @@ def run(rank: int, world: int, device: str, tokens: int = 48, hidden: int = 256,
     """Every case on this rank; returns one record per case."""
     if device == "cuda":
         torch.cuda.set_device(rank % torch.cuda.device_count())
-    full = full_spec(device, hidden, experts, top_k, intermediate)
     reg = Registry.discover()
-    reg.register(StandardLayout(), "standard_layout")
+    reg.register(Declared(), "declared")
     host = Host(reg)
-    weights = random_weights(full)  # same seed on every rank: the same layer
-    x, tw, ti = random_inputs(full, tokens, seed=100 + rank)  # each rank its own tokens
-    ref = host.load(full, weights, force="reference:loop")(x, tw, ti)
     out = []
-    for name, a2a, force in CASES:
+    for name, a2a, quant, force in CASES:
+        full = full_spec(device, hidden, experts, top_k, intermediate).replace(quant=quant)
+        weights = random_weights(full)  # same seed on every rank: the same layer
+        x, tw, ti = random_inputs(full, tokens, seed=100 + rank)  # each rank its own tokens
+        ref = host.load(full, weights, force="reference:loop")(x, tw, ti)
         spec = full.replace(tp_size=world, ep_size=world, rank=rank, a2a=a2a)
-        plan = host.resolve(spec, force=force, disable=[] if force else ["standard_layout"])
+        plan = host.resolve(spec, force=force, disable=[] if force else ["declared"])
         layer = host.load_dispatched(plan, weights.experts(spec.first_expert, spec.local_experts))
         got = layer(x, tw, ti)
-        out.append(dict(case=name, rank=rank, runner=plan.backend, dispatcher=plan.dispatcher,
-                        layout=plan.dispatch.layout, wire=plan.dispatch.dtype,
+        out.append(dict(case=name, rank=rank, runner=str(plan.backend), dispatcher=str(plan.dispatcher),
+                        layout=plan.dispatch.layout.value, wire=plan.dispatch.wire.value,
                         error=relative_error(got, ref), device=str(got.device)))
     return out
 
@@ -98,7 +99,7 @@ def main() -> None:
     a = ap.parse_args()
     dist.init_process_group(a.backend)
     rank, world = dist.get_rank(), dist.get_world_size()
-    device = "cuda" if a.backend == "nccl" else "cpu"
+    device = "cuda" if str(a.backend) == "nccl" else "cpu"
     records = []
     for hidden, experts, top_k, inter in [(256, 8, 4, 128), (4096, 32, 8, 1536), (7168, 16, 8, 2048)]:
         records += [dict(r, hidden=hidden, experts=experts) for r in

@@ -9,7 +9,7 @@ import pytest
 pytest_plugins = ["pytester"]
 
 PLUGINS = textwrap.dedent('''
-    from moe_core import Host, Variant, Verdict, hookimpl
+    from moe_core import Host, Reason, Variant, Verdict, hookimpl
     from moe_core.reference.experts import ReferenceRunner
     from moe_core.registry import Registry
 
@@ -22,7 +22,8 @@ PLUGINS = textwrap.dedent('''
             return [Variant("v", 50, self.summary)]
         @hookimpl
         def supports_shape(self, spec):
-            return [Verdict.yes("v") if spec.quant.value == "bf16" else Verdict.no("v", "bf16 only, this is " + spec.quant.value)]
+            return [Verdict.yes("v") if spec.quant.value == "bf16" else
+                    Verdict.no("v", Reason.QUANT_UNSUPPORTED, "bf16 only, this is " + spec.quant.value)]
 
 
     class Liar(Bf16Only):
@@ -59,15 +60,23 @@ PLUGINS = textwrap.dedent('''
             return [Variant("v", 50, "says no, vaguely")]
         @hookimpl
         def supports_shape(self, spec):
-            return [Verdict.no("v", "not supported")]
+            return [Verdict.no("v", Reason.SHAPE_UNSUPPORTED, "not supported")]
         @hookimpl
         def make_runner(self, plan, weights):
             raise AssertionError("never chosen")
 
 
+    class Uncoded(Vague):
+        """Declines with the old text-only form: a specific reason, but no code."""
+        @hookimpl
+        def supports_shape(self, spec):
+            return [Verdict.no("v", f"hidden {spec.hidden_size} is not a multiple of 4096")]
+
+
     def host():
         reg = Registry.builtin()
-        for name, cls in (("liar", Liar), ("wrong", Wrong), ("mutator", Mutator), ("vague", Vague)):
+        for name, cls in (("liar", Liar), ("wrong", Wrong), ("mutator", Mutator), ("vague", Vague),
+                          ("uncoded", Uncoded)):
             reg.register(cls(), name)
         return Host(reg)
 ''')
@@ -91,6 +100,7 @@ def run_kit(pytester):
     ("wrong", "its output differs from the reference by"),
     ("mutator", "it modified the caller's w13"),
     ("vague", "with a reason that says nothing specific: 'not supported'"),
+    ("uncoded", "without a reason code"),
 ])
 def test_kit_fails_a_dishonest_plugin(run_kit, name, message):
     result = run_kit(name)

@@ -9,7 +9,7 @@ import pytest
 
 import moe_core.registry as registry_mod
 from moe_core import Host
-from moe_core.registry import BROKEN, OK, Registry
+from moe_core.registry import PluginStatus, Registry
 
 
 @pytest.fixture
@@ -50,7 +50,7 @@ def test_installed_in_tree_plugins_are_discovered():
     assert {"reference", "deepgemm", "flashinfer_cutlass", "flashinfer_cutedsl", "deepep"} <= set(names)
     assert names["reference"].distribution == "moe-core"
     assert names["flashinfer_cutedsl"].distribution == "moe-plugin-cutedsl"
-    assert all(r.status == OK for r in names.values())
+    assert all(r.status == PluginStatus.OK for r in names.values())
 
 
 def test_broken_plugins_are_reported_and_the_rest_work(monkeypatch, plugin_dir, small_spec):
@@ -77,14 +77,14 @@ def test_broken_plugins_are_reported_and_the_rest_work(monkeypatch, plugin_dir, 
         ep("norun", "p_norunner"), ep("missing", "p_does_not_exist"),
         ep("reference", "moe_core.reference.plugin")])
     recs = {r.name: r for r in reg}
-    assert recs["zgood"].status == OK and recs["reference"].status == OK
-    assert "libcuda.so.1" in recs["imp"].error and recs["imp"].status == BROKEN
+    assert recs["zgood"].status == PluginStatus.OK and recs["reference"].status == PluginStatus.OK
+    assert "libcuda.so.1" in recs["imp"].error and recs["imp"].status == PluginStatus.BROKEN
     assert "SystemExit" in recs["exit"].error
     assert "hook validation failed" in recs["hook"].error and "extra_arg" in recs["hook"].error
     assert "implements no make_runner" in recs["norun"].error
     assert "ModuleNotFoundError" in recs["missing"].error
     res = Host(reg).explain(small_spec)
-    assert res.plan.backend == "zgood:v"
+    assert str(res.plan.backend) == "zgood:v"
     broken = {c.plugin for c in res.candidates if c.status == "broken"}
     assert broken == {"imp", "exit", "hook", "norun", "missing"}
 
@@ -93,6 +93,6 @@ def test_two_distributions_with_one_name_keep_the_first_sorted(monkeypatch, plug
     plugin_dir("p_good", GOOD)
     reg = discover_with(monkeypatch, [ep("same", "p_good"), ep("same", "moe_core.reference.plugin")])
     recs = list(reg)
-    assert [r.status for r in recs] == [OK, BROKEN]
+    assert [r.status for r in recs] == [PluginStatus.OK, PluginStatus.BROKEN]
     assert recs[0].source == "moe_core.reference.plugin"  # sorted by (name, value), not install order
     assert "already taken" in recs[1].error

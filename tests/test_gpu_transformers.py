@@ -34,7 +34,7 @@ def test_apply_on_gpu_matches_transformers_experts(family, record_property):
     with torch.no_grad():
         after = model(ids).logits.float()
     per_layer = report.layer_errors(model, ids)
-    backends = sorted({r.plan.backend for r in report.layers})
+    backends = sorted({str(r.plan.backend) for r in report.layers})
     print(f"\n{family}: backends {backends}, layer errors "
           f"{[f'{e:.1e}' for e in per_layer.values()]}, logits {relative_error(after, before):.1e}")
     assert max(per_layer.values()) < TOLERANCE

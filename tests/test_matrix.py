@@ -8,7 +8,7 @@ import re
 from click.testing import CliRunner
 
 from conftest import host_with, make_plugin, one
-from moe_core import Verdict, bundled_models
+from moe_core import Reason, Verdict, bundled_models
 from moe_core.cli import main
 from moe_core.matrix import CHOSEN, ERROR, INVALID, NONE, layouts, run_matrix, summarize, to_html
 
@@ -24,18 +24,21 @@ def test_full_matrix_has_no_unexpected_exception_and_covers_every_combination():
 
 
 def test_no_backend_cells_keep_every_reason():
-    host = host_with(("picky", make_plugin(one("k"), lambda s: [Verdict.no("k", "needs hidden % 4096")])),
-                     reference=False)
+    host = host_with(("picky", make_plugin(one("k"), lambda s: [
+        Verdict.no("k", Reason.SHAPE_UNALIGNED, "needs hidden % 4096")])), reference=False)
     cells = run_matrix(host, models=[bundled_models()["Qwen/Qwen3-30B-A3B"]], archs=("sm90",))
     none = [c for c in cells if c.status == NONE]
-    assert none and all(("picky:k", "needs hidden % 4096") in c.others for c in none)
+    assert none and all(("picky:k", "shape_unaligned", "needs hidden % 4096") in c.others for c in none)
+    counts = summarize(cells)["sm90"]["declined_by_code"]
+    assert counts["shape_unaligned"] == len([c for c in cells if c.status != INVALID])
 
 
 def test_summary_explains_reference_fallbacks():
     def s2(spec):  # the S2 rule: intermediate per partition must be a multiple of 16
         ok = spec.intermediate_per_partition % 16 == 0
         return [Verdict.yes("k") if ok else
-                Verdict.no("k", f"intermediate per partition {spec.intermediate_per_partition} is not a multiple of 16")]
+                Verdict.no("k", Reason.SHAPE_UNALIGNED,
+                           f"intermediate per partition {spec.intermediate_per_partition} is not a multiple of 16")]
     host = host_with(("cutlass", make_plugin(one("k", 20), s2)))
     nano = bundled_models()["nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16"]  # 1856 / 8 = 232
     summary = summarize(run_matrix(host, models=[nano], archs=("sm90",)))["sm90"]
@@ -63,7 +66,7 @@ def test_html_page_is_self_contained_with_reasons(tmp_path):
     html = page.read_text()
     assert not re.search(r"https?://|<script|<link", html)
     assert html.count("<table>") == 2 and "<h2>sm90</h2>" in html and "<h2>sm100</h2>" in html
-    assert "deepgemm:contiguous_fused: fused activation needs G % 4 == 0" in html  # hover text
+    assert "deepgemm:contiguous_fused: (shape_unaligned) fused activation needs G % 4 == 0" in html
     assert "&#39;deep_gemm&#39;" in html or "&#x27;deep_gemm&#x27;" in html  # escaped, not raw markup
 
 

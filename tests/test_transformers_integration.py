@@ -10,7 +10,7 @@ import torch
 pytest.importorskip("transformers", reason="the transformers extra is not installed")
 
 from conftest import host_with, make_plugin, one  # noqa: E402
-from moe_core import Verdict  # noqa: E402
+from moe_core import Reason, Verdict  # noqa: E402
 from moe_core.errors import InputError  # noqa: E402
 from moe_core.integrations.transformers import apply, tiny_config  # noqa: E402
 from moe_core.reference.oracle import relative_error  # noqa: E402
@@ -54,13 +54,14 @@ def test_a_layer_that_falls_through_still_matches():
     """A backend that wants intermediate % 128 takes the aligned model and declines the other."""
     strict = make_plugin(one("aligned", 100), lambda s: [
         Verdict.yes("aligned") if s.intermediate_per_partition % 128 == 0 else
-        Verdict.no("aligned", f"intermediate {s.intermediate_per_partition} is not a multiple of 128")])
+        Verdict.no("aligned", Reason.SHAPE_UNALIGNED,
+                   f"intermediate {s.intermediate_per_partition} is not a multiple of 128")])
     for inter, backend in ((128, "strict:aligned"), (96, "reference:loop")):
         model = tiny_model("qwen3_moe", intermediate=inter)
         ids = torch.randint(0, 512, (1, 12), generator=torch.Generator().manual_seed(2))
         before = logits(model, ids)
         report = apply(model, host=host_with(("strict", strict)))
-        assert {r.plan.backend for r in report.layers} == {backend}
+        assert {str(r.plan.backend) for r in report.layers} == {backend}
         if inter == 96:
             declined = [c for c in report.layers[0].resolution.candidates if c.plugin == "strict"]
             assert "not a multiple of 128" in declined[0].reason

@@ -6,15 +6,17 @@ and weight tools import torch when first used.
 
 from __future__ import annotations
 
-from .declare import DISPATCHER, RUNNER, Overlap, Variant, Verdict
-from .dispatch import DispatchConfig, default_dispatch
+from .declare import DISPATCHER, RUNNER, Overlap, Reason, Variant, VariantKind, Verdict
+from .dispatch import DispatchConfig
+from .environment import Environment, assume_installed
 from .errors import (BackendUnavailable, InputError, ModelConfigError, MoEError, NoBackendError,
                      PluginError, ResolutionError, SpecError, UnknownModelError, WeightsError)
 from .hookspecs import hookimpl
 from .host import Host
 from .models import ModelConfig, bundled_models, load_model_config, spec_for_model
-from .plan import Candidate, Plan, Resolution
+from .plan import Backend, Candidate, Plan, Resolution, Status
 from .spec import A2A, Activation, MoESpec, Quant, Regime
+from .tokens import Layout, Wire
 from .weights import MoEWeights
 
 __version__ = "0.1.0"
@@ -41,10 +43,11 @@ def explain(spec: MoESpec, **kwargs) -> Resolution:
 
 
 __all__ = [
-    "A2A", "Activation", "BackendUnavailable", "Candidate", "DISPATCHER", "DispatchConfig", "Host",
-    "InputError", "ModelConfig", "ModelConfigError", "MoEError", "MoESpec", "MoEWeights",
-    "NoBackendError", "Overlap", "Plan", "PluginError", "Quant", "RUNNER", "Regime", "Resolution",
-    "ResolutionError", "SpecError", "UnknownModelError", "Variant", "Verdict", "WeightsError",
-    "bundled_models", "default_dispatch", "default_host", "explain", "hookimpl",
-    "load_model_config", "resolve", "spec_for_model",
+    "A2A", "Activation", "Backend", "BackendUnavailable", "Candidate", "DISPATCHER", "DispatchConfig",
+    "Environment", "Host", "InputError", "Layout", "ModelConfig", "ModelConfigError", "MoEError",
+    "MoESpec", "MoEWeights", "NoBackendError", "Overlap", "Plan", "PluginError", "Quant", "RUNNER",
+    "Reason", "Regime", "Resolution", "ResolutionError", "SpecError", "Status", "UnknownModelError",
+    "Variant", "VariantKind", "Verdict", "WeightsError", "Wire", "assume_installed",
+    "bundled_models", "default_host", "explain", "hookimpl", "load_model_config", "resolve",
+    "spec_for_model",
 ]

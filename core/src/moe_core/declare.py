@@ -1,27 +1,96 @@
-"""What plugins declare: their variants, and a verdict per variant for a given spec."""
+"""What plugins declare: their variants, and a verdict per variant for a given spec.
+
+A variant declares, as data, the token layouts it takes and the wire formats it accepts
+(runners) or delivers (dispatchers), and the kernel modules it needs; the host derives
+every plan's dispatch settings and the "not installed" answers from these, once.
+"""
 
 from __future__ import annotations
 
+import math
+import warnings
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
-RUNNER = "runner"
-DISPATCHER = "dispatcher"
+from .spec import A2A
+from .tokens import Layout, Wire
+
+
+class VariantKind(StrEnum):
+    RUNNER = "runner"  # computes the experts
+    DISPATCHER = "dispatcher"  # moves tokens between expert-parallel ranks
+
+
+RUNNER, DISPATCHER = VariantKind.RUNNER, VariantKind.DISPATCHER
+
+
+class Reason(StrEnum):
+    """Why a candidate does not run: a closed list. Every "no" carries one code and a detail."""
+
+    SHAPE_UNALIGNED = "shape_unaligned"  # a size is off a multiple the kernel needs
+    SHAPE_UNSUPPORTED = "shape_unsupported"  # a size outside what the kernel was built for
+    QUANT_UNSUPPORTED = "quant_unsupported"  # the weight format
+    ACTIVATION_UNSUPPORTED = "activation_unsupported"  # the expert activation function
+    ACT_DTYPE_UNSUPPORTED = "act_dtype_unsupported"  # the activation dtype (fp16/fp32)
+    BIAS_UNSUPPORTED = "bias_unsupported"  # expert biases
+    PARALLEL_UNSUPPORTED = "parallel_unsupported"  # the TP/EP split or rank count
+    ARCH_UNSUPPORTED = "arch_unsupported"  # the GPU architecture
+    NUMERICS_DIFFER = "numerics_differ"  # it would run, but compute something else
+    DEPENDENCY_MISSING = "dependency_missing"  # a kernel module is not importable
+    LAYOUT_UNSUPPORTED = "layout_unsupported"  # the token layout the a2a mode delivers
+    MODE_UNSUPPORTED = "mode_unsupported"  # a dispatcher: the a2a mode
+    WIRE_UNSUPPORTED = "wire_unsupported"  # a dispatcher/runner: the wire format
+    NO_DISPATCHER = "no_dispatcher"  # no dispatcher delivers what the runner takes
+    LIMIT_EXCEEDED = "limit_exceeded"  # tokens per rank or another capacity
+    NOT_IMPLEMENTED = "not_implemented"  # declared, not built (e.g. no machine to verify on)
+    BUILD_PENDING = "build_pending"  # needs a build that has not happened
+    DISABLED = "disabled"  # forbidden by the user (MOE_DISABLE / disable=)
+    NOT_FORCED = "not_forced"  # the user forced another backend (MOE_BACKEND / force=)
+    BROKEN = "broken"  # the plugin failed to load or broke a hook's contract
+    #: ``Verdict.no(variant, text)`` without a code (deprecated; a plugin should pick one).
+    UNSPECIFIED = "unspecified"
 
 
 @dataclass(frozen=True, slots=True)
 class Variant:
     """One way a plugin can run (or dispatch) a layer.
 
-    ``priority`` orders candidates across plugins (higher first; the reference backend
-    uses 0 and 1, so kernel backends take 10 and up). It is static: per-spec preferences
-    go in :attr:`Verdict.preference`.
+    ``priority`` orders candidates across plugins, higher first: the reference backend
+    uses 0 and 1, the ``torch`` dispatcher 10, in-repo kernel backends 20-31. A
+    third-party kernel backend picks one against those (above 1 to beat the reference).
+    It is static: per-spec preferences go in :attr:`Verdict.preference`.
+
+    Runners: ``layouts`` are the token layouts it takes from a dispatcher, best first
+    (with tokens on the rank it is always called in the standard layout); ``wire`` the
+    formats tokens may travel in for it, best first (see :class:`moe_core.tokens.Wire`).
+    Dispatchers: ``modes`` the a2a modes it serves, ``layouts`` and ``wire`` what it can
+    deliver. ``requires``: kernel modules the variant needs; the host declines it with
+    ``dependency_missing`` where one is not importable, after the plugin said yes.
     """
 
     name: str
     priority: int
     summary: str = ""
-    kind: str = RUNNER
+    kind: VariantKind = VariantKind.RUNNER
+    layouts: tuple[Layout, ...] = (Layout.CONTIGUOUS, Layout.MASKED, Layout.STANDARD)
+    wire: tuple[Wire, ...] = (Wire.BF16,)
+    requires: tuple[str, ...] = ()
+    modes: tuple[A2A, ...] = ()
+
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        if not isinstance(self.name, str) or not self.name or ":" in self.name or "," in self.name:
+            raise ValueError(f"variant name {self.name!r}: expected a non-empty string without ':' or ','")
+        if not isinstance(self.priority, int) or isinstance(self.priority, bool):
+            raise ValueError(f"variant {self.name}: priority {self.priority!r}; expected an int")
+        set_(self, "kind", VariantKind(self.kind))
+        set_(self, "layouts", tuple(Layout(x) for x in self.layouts))
+        set_(self, "wire", tuple(Wire(x) for x in self.wire))
+        set_(self, "modes", tuple(A2A(x) for x in self.modes))
+        set_(self, "requires", tuple(self.requires))
+        if self.kind is VariantKind.DISPATCHER and not self.modes:
+            raise ValueError(f"dispatcher variant {self.name}: declares no a2a modes it serves")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,14 +108,34 @@ class Verdict:
 
     variant: str
     supported: bool
+    #: Why (a "no": what is missing, specifically; a "yes": what will run).
     reason: str
+    #: Set exactly when ``supported`` is False.
+    code: Reason | None = None
     preference: float = 0.0
     #: Per-partition intermediate size after the variant's padding (None: unpadded).
     padded_intermediate: int | None = None
     #: Overlap the variant will run with (None: the host's default, no down-GEMM overlap).
     overlap: Overlap | None = None
+    #: Narrows the variant's declared ``layouts`` for this spec (None: as declared).
+    layouts: tuple[Layout, ...] | None = None
     #: Extra plan details for the variant's own later hooks, as sorted (key, value) pairs.
     options: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.supported, bool):
+            raise TypeError(f"verdict of {self.variant!r}: supported {self.supported!r}; expected a bool")
+        if not isinstance(self.reason, str) or not self.reason.strip():
+            raise ValueError(f"verdict of {self.variant!r}: expected a non-empty reason")
+        if self.supported != (self.code is None):
+            raise ValueError(f"verdict of {self.variant!r}: a 'no' needs a Reason code, a 'yes' none")
+        if self.code is not None:
+            object.__setattr__(self, "code", Reason(self.code))
+        p = self.preference
+        if isinstance(p, bool) or not isinstance(p, (int, float)) or not math.isfinite(p):
+            raise TypeError(f"verdict of {self.variant!r}: preference {p!r}; expected a finite number")
+        if self.layouts is not None:
+            object.__setattr__(self, "layouts", tuple(Layout(x) for x in self.layouts))
 
     @classmethod
     def yes(
@@ -57,11 +146,26 @@ class Verdict:
         preference: float = 0.0,
         padded_intermediate: int | None = None,
         overlap: Overlap | None = None,
+        layouts: tuple[Layout, ...] | None = None,
         **options: Any,
     ) -> "Verdict":
-        return cls(variant, True, reason, preference, padded_intermediate, overlap,
+        return cls(variant, True, reason, None, preference, padded_intermediate, overlap, layouts,
                    tuple(sorted(options.items())))
 
     @classmethod
-    def no(cls, variant: str, reason: str) -> "Verdict":
-        return cls(variant, False, reason)
+    def no(cls, variant: str, code: Reason | str, detail: str | None = None) -> "Verdict":
+        """``Verdict.no(variant, Reason.SHAPE_UNALIGNED, "hidden 200 is not a multiple of 64")``.
+
+        The older ``Verdict.no(variant, text)`` still works: its code is
+        :attr:`Reason.UNSPECIFIED`, with a :class:`DeprecationWarning`.
+        """
+        if detail is None and isinstance(code, Reason):
+            raise TypeError(f"Verdict.no({variant!r}, {code.value}): expected a detail after the code")
+        if detail is None:
+            warnings.warn(f"Verdict.no({variant!r}, text) without a Reason code is deprecated: "
+                          "use Verdict.no(variant, Reason.<CODE>, text)", DeprecationWarning,
+                          stacklevel=2)
+            return cls(variant, False, str(code), Reason.UNSPECIFIED)
+        if not isinstance(code, Reason):
+            raise TypeError(f"Verdict.no({variant!r}, ...): code {code!r}; expected a moe_core.Reason")
+        return cls(variant, False, detail, code)

@@ -20,14 +20,14 @@ this rank's tokens.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from .dispatch import CONTIGUOUS, MASKED
 from .errors import InputError, PluginError
 from .layer import MoELayer
 from .runner import offsets_from_counts
+from .tokens import Layout
 
 
 def ep_group(group, spec):
@@ -63,16 +63,17 @@ class Dispatched:
     quantized: tuple[torch.Tensor, ...] | None = None
 
 
-class Dispatcher:
-    """Base class of token dispatchers; one instance per layer and rank."""
+@runtime_checkable
+class Dispatcher(Protocol):
+    """What ``make_dispatcher`` returns (checked by the host); one per layer and rank."""
 
     def dispatch(self, x: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor) -> Dispatched:
         """Send ``x [T, H]`` to the ranks owning its ``topk_ids [T, k]`` (global ids)."""
-        raise NotImplementedError
+        ...
 
     def combine(self, y: torch.Tensor, dispatched: Dispatched) -> torch.Tensor:
         """The runner's output for ``dispatched`` -> ``[T, H]``, summed over all ranks."""
-        raise NotImplementedError
+        ...
 
 
 class DispatchedLayer:
@@ -91,11 +92,12 @@ class DispatchedLayer:
         self.layer.check_standard(x, topk_weights, topk_ids)
         d = self.dispatcher.dispatch(x, topk_ids, topk_weights)
         layout = self.plan.dispatch.layout
-        if d.x is None:
-            y = self._run_quantized(d)
-        elif layout == MASKED:
+        if not self.plan.dispatch.wire.dequantized_on_arrival:
+            # checked at load: the runner has run_masked_quantized and the layout is masked
+            y = self.layer.runner.run_masked_quantized(d.quantized, d.counts)
+        elif layout is Layout.MASKED:
             y = self.layer.run_masked(d.x, d.counts)
-        elif layout == CONTIGUOUS:
+        elif layout is Layout.CONTIGUOUS:
             y = self.layer.run_contiguous(d.x, offsets_from_counts(d.counts))
         else:
             # Received rows may exceed max_tokens (they come from every rank): skip that check.
@@ -105,11 +107,3 @@ class DispatchedLayer:
             raise PluginError(f"dispatcher {self.plan.dispatcher} combined to {tuple(out.shape)}; "
                              f"expected {tuple(x.shape)}")
         return out
-
-    def _run_quantized(self, d: Dispatched):
-        fn = getattr(self.layer.runner, "run_masked_quantized", None)
-        if fn is None or self.plan.dispatch.layout != MASKED:
-            raise PluginError(f"{self.plan.dispatcher} delivered only quantized "
-                              f"{self.plan.dispatch.dtype} tokens; the runner of {self.plan.backend} "
-                              "has no run_masked_quantized for them")
-        return fn(d.quantized, d.counts)

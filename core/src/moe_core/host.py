@@ -2,7 +2,8 @@
 
 Resolution is ordered and explainable: every runner variant of every plugin answers;
 supported ones are ranked by (variant priority, verdict preference, plugin, variant),
-highest first; the first whose ``configure_dispatcher`` succeeds becomes the plan.
+highest first; the first for which the host can derive a dispatch (a layout the a2a mode
+delivers, a lossless wire format, a dispatcher that delivers both) becomes the plan.
 """
 
 from __future__ import annotations
@@ -11,18 +12,19 @@ import dataclasses
 import os
 from typing import Any, Iterable
 
-from .declare import Overlap, Verdict
-from .dispatch import DispatchConfig, default_dispatch
+from .declare import Overlap, Reason, Variant, Verdict
+from .dispatch import DispatchConfig
+from .environment import Environment
 from .errors import BackendUnavailable, InputError, NoBackendError, PluginError, ResolutionError
-from .plan import (BROKEN, CHOSEN, DECLINED, DISABLED, NOT_FORCED, SUPPORTED, Candidate, Plan,
-                   Resolution)
-from .registry import Registry, _describe_exc
+from .plan import Backend, Candidate, Plan, Resolution, Status
+from .registry import PluginStatus, Registry, _describe_exc
 from .spec import A2A, MoESpec
+from .tokens import MODE_LAYOUTS, Layout, Wire, lossless_wires
 from .weights import MoEWeights, validate_weights
 
 ENV_FORCE = "MOE_BACKEND"
 ENV_DISABLE = "MOE_DISABLE"
-_STATUS_ORDER = {s: i for i, s in enumerate((CHOSEN, SUPPORTED, DECLINED, DISABLED, NOT_FORCED, BROKEN))}
+_STATUS_ORDER = {s: i for i, s in enumerate(Status)}
 
 
 def _trace_order(c: Candidate):
@@ -39,17 +41,19 @@ def _matches(sel: tuple[str, str | None], plugin: str, variant: str) -> bool:
     return sel[0] == plugin and sel[1] in (None, variant)
 
 
+def _names(items: Iterable) -> str:
+    return "/".join(str(i) for i in items) or "nothing"
+
+
 def _check_verdicts(spec: MoESpec, declared: tuple[str, ...], answer: Any) -> dict[str, Verdict]:
     """The plugin's answer as variant -> verdict, or PluginError naming the broken rule."""
     if not isinstance(answer, (list, tuple)) or not all(isinstance(v, Verdict) for v in answer):
-        raise PluginError(f"supports_shape returned {type(answer).__name__}; expected a list of Verdict")
+        raise PluginError(f"returned {type(answer).__name__}; expected a list of Verdict")
     by_name = {v.variant: v for v in answer}
     if len(by_name) != len(answer) or set(by_name) != set(declared):
-        raise PluginError(f"supports_shape answered for {[v.variant for v in answer]}; expected "
+        raise PluginError(f"answered for {[v.variant for v in answer]}; expected "
                           f"exactly one verdict for each of {sorted(declared)}")
     for v in answer:
-        if not isinstance(v.reason, str) or (not v.supported and not v.reason.strip()):
-            raise PluginError(f"variant {v.variant!r} declined without a reason")
         pad = v.padded_intermediate
         if pad is not None and (not isinstance(pad, int) or pad < spec.intermediate_per_partition):
             raise PluginError(f"variant {v.variant!r} padded_intermediate {pad!r}; expected an int "
@@ -62,62 +66,115 @@ def _check_verdicts(spec: MoESpec, declared: tuple[str, ...], answer: Any) -> di
     return by_name
 
 
-class _NoDispatcher(Exception):
-    """The runner candidate's dispatch config has no dispatcher: it is declined."""
+def _missing(variant: Variant, env: Environment) -> str | None:
+    return next((why for m in variant.requires if (why := env.missing(m))), None)
+
+
+def _undeliverable(variant: Variant, spec: MoESpec, cfg: DispatchConfig) -> tuple[Reason, str] | None:
+    """Why a dispatcher variant's declarations rule out delivering ``cfg`` for ``spec``."""
+    if spec.a2a not in variant.modes:
+        return Reason.MODE_UNSUPPORTED, f"serves a2a {_names(variant.modes)}; the spec asks {spec.a2a}"
+    if cfg.layout not in variant.layouts:
+        return (Reason.LAYOUT_UNSUPPORTED,
+                f"delivers the {_names(variant.layouts)} layout; the runner takes {cfg.layout}")
+    if cfg.wire not in variant.wire:
+        return Reason.WIRE_UNSUPPORTED, f"moves {_names(variant.wire)}; the runner takes {cfg.wire}"
+    return None
+
+
+class _Declined(Exception):
+    """The host declines a runner candidate it cannot derive a dispatch for."""
+
+    def __init__(self, code: Reason, detail: str, trace: tuple[Candidate, ...] = ()):
+        super().__init__(detail)
+        self.code, self.trace = code, trace
 
 
 class Host:
-    """Resolves specs against the installed plugins. One per process is typical."""
+    """Resolves specs against the installed plugins. One per process is typical.
 
-    def __init__(self, registry: Registry | None = None):
+    The environment (importable kernel modules, plugins' build stamps) is probed once,
+    here, and frozen; :func:`moe_core.environment.assume_installed` extends it per call.
+    """
+
+    def __init__(self, registry: Registry | None = None, env: Environment | None = None):
         self.registry = registry if registry is not None else Registry.discover()
-        self._answers: dict[tuple[str, MoESpec], dict[str, Verdict] | str] = {}
+        self.env = env if env is not None else self._probe()
+        self._answers: dict[tuple[Any, ...], dict[str, Verdict] | str] = {}
         self._resolutions: dict[tuple[Any, ...], Resolution] = {}
 
-    # -- resolution -----------------------------------------------------------------
-    def _answers_of(self, plugin: str, hook: str, variants, **kwargs):
-        """A plugin's verdicts (variant -> Verdict), or why its answer is unusable; cached."""
-        key = (plugin, hook, *kwargs.values())
-        if key not in self._answers:
-            spec = kwargs["spec"]
+    def _probe(self) -> Environment:
+        facts: dict[str, str] = {}
+        for rec in self.registry.ok():
             try:
-                answer = self.registry.call(plugin, hook, **kwargs)
-                self._answers[key] = _check_verdicts(spec, tuple(v.name for v in variants), answer)
+                got = self.registry.call(rec.name, "probe_environment") or {}
+                if not all(isinstance(k, str) and isinstance(v, str) for k, v in dict(got).items()):
+                    raise PluginError(f"returned {got!r}; expected a mapping of str to str")
+                facts.update(got)
+            except Exception as e:
+                self.registry.mark_broken(rec.name, f"probe_environment failed: {_describe_exc(e)}")
+        modules = {m for rec in self.registry.ok() for v in rec.variants for m in v.requires}
+        return Environment.probe(modules, facts)
+
+    # -- resolution -----------------------------------------------------------------
+    def _answers_of(self, plugin: str, hook: str, variants, env: Environment, **kwargs):
+        """A plugin's verdicts (variant -> Verdict), or why its answer is unusable; cached."""
+        key = (plugin, hook, env, *kwargs.values())
+        if key not in self._answers:
+            try:
+                answer = self.registry.call(plugin, hook, env=env, **kwargs)
+                self._answers[key] = _check_verdicts(kwargs["spec"], tuple(v.name for v in variants),
+                                                     answer)
             except Exception as e:
                 self._answers[key] = f"{hook} failed: {_describe_exc(e)}"
         return self._answers[key]
 
     @staticmethod
-    def _judge(offers, answers_of, disabled, force_sel=None, force=None):
+    def _judge(offers, answers_of, env: Environment, disabled, force_sel=None, force=None,
+               undeliverable=None):
         """Split ``(record, variants)`` offers into settled candidates and ``(candidate,
-        verdict)`` pairs that may run, applying disable/force."""
+        verdict, variant)`` triples that may run, applying declarations, disable and force."""
         settled: list[Candidate] = []
-        eligible: list[tuple[Candidate, Verdict]] = []
+        eligible: list[tuple[Candidate, Verdict, Variant]] = []
         for rec, variants in offers:
             if not variants:
                 continue
             answers = answers_of(rec)
             for var in variants:
+                no = dict(plugin=rec.name, variant=var.name, priority=var.priority,
+                          status=Status.DECLINED)
                 if isinstance(answers, str):
-                    settled.append(Candidate(rec.name, var.name, var.priority, BROKEN, answers))
+                    settled.append(Candidate(**{**no, "status": Status.BROKEN}, reason=answers,
+                                             code=Reason.BROKEN))
+                    continue
+                ruled_out = undeliverable(var) if undeliverable else None
+                if ruled_out:
+                    settled.append(Candidate(**no, code=ruled_out[0], reason=ruled_out[1]))
                     continue
                 v = answers[var.name]
-                cand = Candidate(rec.name, var.name, var.priority, DECLINED, v.reason, v.preference)
                 if not v.supported:
-                    settled.append(cand)
+                    settled.append(Candidate(**no, reason=v.reason, code=v.code))
+                    continue
+                missing = _missing(var, env)
+                if missing:
+                    settled.append(Candidate(**no, reason=missing, code=Reason.DEPENDENCY_MISSING))
                 elif any(_matches(d, rec.name, var.name) for d in disabled):
-                    settled.append(dataclasses.replace(
-                        cand, status=DISABLED, reason=f"disabled by {ENV_DISABLE}/disable= "
-                                                      f"(would run: {v.reason})"))
+                    settled.append(Candidate(**{**no, "status": Status.DISABLED},
+                                             reason=f"disabled by {ENV_DISABLE}/disable= "
+                                                    f"(would run: {v.reason})", code=Reason.DISABLED))
                 elif force_sel and not _matches(force_sel, rec.name, var.name):
-                    settled.append(dataclasses.replace(
-                        cand, status=NOT_FORCED, reason=f"{force!r} is forced (would run: {v.reason})"))
+                    settled.append(Candidate(**{**no, "status": Status.NOT_FORCED},
+                                             reason=f"{force!r} is forced (would run: {v.reason})",
+                                             code=Reason.NOT_FORCED))
                 else:
-                    eligible.append((cand, v))
-        eligible.sort(key=lambda cv: (-cv[0].priority, -cv[0].preference, cv[0].plugin, cv[0].variant))
+                    eligible.append((Candidate(rec.name, var.name, var.priority, Status.SUPPORTED,
+                                               v.reason, v.preference), v, var))
+        eligible.sort(key=lambda e: (-e[0].priority, -e[0].preference, e[0].plugin, e[0].variant))
         return settled, eligible
 
-    def _options(self, force: str | None, disable: Iterable[str] | str | None):
+    def _options(self, force: str | Backend | None, disable: Iterable[str] | str | None):
+        if isinstance(force, Backend):
+            force = str(force)
         if force is None:
             force = os.environ.get(ENV_FORCE) or None
         if disable is None:
@@ -126,7 +183,7 @@ class Host:
             disable = [d for d in disable.split(",") if d.strip()]
         return (force.strip() if force else None), tuple(sorted(d.strip() for d in disable))
 
-    def explain(self, spec: MoESpec, *, force: str | None = None,
+    def explain(self, spec: MoESpec, *, force: str | Backend | None = None,
                 disable: Iterable[str] | str | None = None) -> Resolution:
         """The full resolution trace for ``spec`` (never raises for a spec that fits none).
 
@@ -138,13 +195,14 @@ class Host:
         if not isinstance(spec, MoESpec):
             raise TypeError(f"expected a moe_core.MoESpec, got {type(spec).__name__}")
         force, disable = self._options(force, disable)
-        key = (spec, force, disable)
+        env = self.env.current()
+        key = (spec, force, disable, env)
         cached = self._resolutions.get(key)
         if cached is None:
-            cached = self._resolutions[key] = self._resolve(spec, force, disable)
+            cached = self._resolutions[key] = self._resolve(spec, force, disable, env)
         return cached
 
-    def resolve(self, spec: MoESpec, *, force: str | None = None,
+    def resolve(self, spec: MoESpec, *, force: str | Backend | None = None,
                 disable: Iterable[str] | str | None = None) -> Plan:
         """The plan for ``spec``; raises :class:`NoBackendError` / :class:`BackendUnavailable`."""
         res = self.explain(spec, force=force, disable=disable)
@@ -155,72 +213,115 @@ class Host:
                 f"forced backend {res.force!r} cannot run {spec.describe()}:\n{res.summary()}", res)
         raise NoBackendError(f"no backend can run {spec.describe()}:\n{res.summary()}", res)
 
-    def _resolve(self, spec: MoESpec, force: str | None, disable: tuple[str, ...]) -> Resolution:
+    def _resolve(self, spec: MoESpec, force: str | None, disable: tuple[str, ...],
+                 env: Environment) -> Resolution:
         force_sel = _selector(force) if force else None
         disabled = [_selector(d) for d in disable]
         if force_sel and force_sel[0] not in self.registry.records:
             known = ", ".join(r.name for r in self.registry) or "none"
             raise ResolutionError(f"forced backend {force!r}: no plugin named {force_sel[0]!r} "
-                                  f"(installed: {known})", Resolution(spec, (), None, force, disable))
+                                  f"(installed: {known})", Resolution(spec, (), None, force, disable, env))
         settled, eligible = self._judge(
             [(rec, rec.runner_variants) for rec in self.registry.ok()],
-            lambda rec: self._answers_of(rec.name, "supports_shape", rec.runner_variants, spec=spec),
-            disabled, force_sel, force)
-        settled += [Candidate(rec.name, "*", 0, BROKEN, rec.error or "broken")
-                    for rec in self.registry if rec.status != "ok"]
+            lambda rec: self._answers_of(rec.name, "supports_shape", rec.runner_variants, env,
+                                         spec=spec),
+            env, disabled, force_sel, force)
+        settled += [Candidate(rec.name, "*", 0, Status.BROKEN, rec.error or "broken", code=Reason.BROKEN)
+                    for rec in self.registry if rec.status is not PluginStatus.OK]
         plan = None
         ranked: list[Candidate] = []
-        for cand, verdict in eligible:
-            if plan is not None:
-                ranked.append(dataclasses.replace(cand, status=SUPPORTED))
-                continue
+        for cand, verdict, variant in eligible:
+            # Every candidate is built, so "supported" below the chosen one means it would run.
             try:
-                plan = self._build_plan(spec, cand, verdict, disabled)
-                ranked.append(dataclasses.replace(cand, status=CHOSEN))
-            except _NoDispatcher as e:
-                settled.append(dataclasses.replace(cand, status=DECLINED, reason=str(e)))
+                built = self._build_plan(spec, cand, verdict, variant, disabled, env)
+                if plan is None:
+                    plan = built
+                    ranked.append(dataclasses.replace(cand, status=Status.CHOSEN))
+                else:
+                    ranked.append(cand)
+            except _Declined as e:
+                settled.append(dataclasses.replace(cand, status=Status.DECLINED, reason=str(e),
+                                                   code=e.code))
             except Exception as e:
                 settled.append(dataclasses.replace(
-                    cand, status=BROKEN, reason=f"configure_dispatcher failed: {_describe_exc(e)}"))
+                    cand, status=Status.BROKEN, code=Reason.BROKEN,
+                    reason=f"configure_dispatcher failed: {_describe_exc(e)}"))
         settled.sort(key=_trace_order)
         candidates = tuple(ranked + settled)
         if plan is not None:
             plan = dataclasses.replace(plan, candidates=candidates)
-        return Resolution(spec, candidates, plan, force, disable)
+        return Resolution(spec, candidates, plan, force, disable, env)
 
-    def _build_plan(self, spec: MoESpec, cand: Candidate, verdict: Verdict, disabled) -> Plan:
+    def _build_plan(self, spec: MoESpec, cand: Candidate, verdict: Verdict, variant: Variant,
+                    disabled, env: Environment) -> Plan:
         overlap = verdict.overlap or Overlap(
             sbo=spec.sbo, down_gemm=False,
             reason="variant offers no down-GEMM overlap" if spec.down_gemm_overlap else "")
+        takes = verdict.layouts or variant.layouts
+        local = DispatchConfig(spec.a2a, Layout.STANDARD, Wire.BF16, spec.max_tokens)
         plan = Plan(spec, cand.plugin, cand.variant, verdict.reason,
                     verdict.padded_intermediate or spec.intermediate_per_partition, overlap,
-                    default_dispatch(spec), verdict.options)
-        cfg = self.registry.call(cand.plugin, "configure_dispatcher", plan=plan, dispatcher=plan.dispatch)
-        if cfg is not None:
-            if not isinstance(cfg, DispatchConfig):
-                raise PluginError(f"returned {type(cfg).__name__}; expected DispatchConfig or None")
-            if cfg.mode is not spec.a2a:
-                raise PluginError(f"changed the a2a mode to {cfg.mode.value!r}; the spec says "
-                                  f"{spec.a2a.value!r}")
-            plan = dataclasses.replace(plan, dispatch=cfg)
+                    local, verdict.options)
+        delivered = MODE_LAYOUTS[spec.a2a]
+        layouts = [lay for lay in takes if lay in delivered]
+        if not layouts:
+            raise _Declined(Reason.LAYOUT_UNSUPPORTED,
+                            f"a2a {spec.a2a} hands the runner the {_names(delivered)} layout; "
+                            f"{cand.backend} takes {_names(takes)} here")
         if spec.a2a is A2A.NONE:
             return plan
-        trace = self._dispatchers_for(spec, plan.dispatch, disabled)
-        chosen = next((c for c in trace if c.status == CHOSEN), None)
-        if chosen is None:
-            why = "; ".join(f"{c.backend}: {c.reason}" for c in trace) or "no dispatcher plugin installed"
-            raise _NoDispatcher(f"no dispatcher delivers {plan.dispatch.describe()} ({why})")
-        return dataclasses.replace(plan, dispatcher=chosen.backend, dispatchers=trace)
+        lossless = lossless_wires(spec)
+        wires = [w for w in variant.wire if w in lossless]
+        if not wires:
+            travel = (f"travel as {_names(lossless)}" if lossless else
+                      f"cannot travel ({spec.act_dtype} activations)")
+            raise _Declined(Reason.WIRE_UNSUPPORTED,
+                            f"{spec.quant} layers {travel}; {cand.backend} takes {_names(variant.wire)}")
+        first = None
+        for layout in layouts:
+            for wire in wires:
+                if not wire.dequantized_on_arrival and layout is not Layout.MASKED:
+                    continue  # quantized-only delivery exists for the masked layout alone
+                cfg = self._configure(plan, DispatchConfig(spec.a2a, layout, wire, spec.max_tokens),
+                                      layouts, wires)
+                trace = self._dispatchers_for(spec, cfg, disabled, env)
+                chosen = next((c for c in trace if c.status is Status.CHOSEN), None)
+                if chosen is not None:
+                    return dataclasses.replace(plan, dispatch=cfg, dispatcher=chosen.backend,
+                                               dispatchers=trace)
+                first = first or (cfg, trace)
+        if first is None:
+            raise _Declined(Reason.WIRE_UNSUPPORTED,
+                            f"{cand.backend} takes {_names(variant.wire)} only in the masked layout; "
+                            f"a2a {spec.a2a} delivers {_names(layouts)} here")
+        cfg, trace = first
+        why = "; ".join(f"{c.backend}: {c.reason}" for c in trace) or "no dispatcher plugin installed"
+        raise _Declined(Reason.NO_DISPATCHER, f"no dispatcher delivers {cfg.describe()} ({why})", trace)
 
-    def _dispatchers_for(self, spec: MoESpec, cfg: DispatchConfig, disabled) -> tuple[Candidate, ...]:
+    def _configure(self, plan: Plan, cfg: DispatchConfig, layouts, wires) -> DispatchConfig:
+        """The owner's ``configure_dispatcher`` on the derived ``cfg``, checked."""
+        out = self.registry.call(plan.plugin, "configure_dispatcher", plan=plan, dispatcher=cfg)
+        if out is None:
+            return cfg
+        if not isinstance(out, DispatchConfig):
+            raise PluginError(f"returned {type(out).__name__}; expected DispatchConfig or None")
+        if out.mode is not cfg.mode:
+            raise PluginError(f"changed the a2a mode to {out.mode}; the spec says {cfg.mode}")
+        if out.layout not in layouts or out.wire not in wires:
+            raise PluginError(f"asked for {out.layout} {out.wire}; this variant may take "
+                              f"{_names(layouts)} layouts and {_names(wires)} wire formats here")
+        return out
+
+    def _dispatchers_for(self, spec: MoESpec, cfg: DispatchConfig, disabled,
+                         env: Environment) -> tuple[Candidate, ...]:
         """The dispatcher trace for one (spec, config): chosen first, then the rest."""
         settled, eligible = self._judge(
             [(rec, rec.dispatcher_variants) for rec in self.registry.ok()],
             lambda rec: self._answers_of(rec.name, "supports_dispatch", rec.dispatcher_variants,
-                                         spec=spec, dispatch=cfg),
-            disabled)
-        ranked = [dataclasses.replace(c, status=CHOSEN if i == 0 else SUPPORTED)
-                  for i, (c, _) in enumerate(eligible)]
+                                         env, spec=spec, dispatch=cfg),
+            env, disabled, undeliverable=lambda var: _undeliverable(var, spec, cfg))
+        ranked = [dataclasses.replace(c, status=Status.CHOSEN if i == 0 else Status.SUPPORTED)
+                  for i, (c, _, _) in enumerate(eligible)]
         settled.sort(key=_trace_order)
         return tuple(ranked + settled)
 
@@ -237,23 +338,30 @@ class Host:
         return out
 
     def make_runner(self, plan: Plan, weights: MoEWeights, *, check_values: bool = True):
-        """The owner's runner for processed ``weights``, wrapped in an input-checking layer."""
+        """The owner's runner for processed ``weights``, checked against the methods the
+        plan's layout needs and wrapped in an input-checking layer."""
         from .layer import MoELayer
+        from .runner import missing_methods
 
         runner = self.registry.call(plan.plugin, "make_runner", plan=plan, weights=weights)
-        if runner is None or not callable(runner):
-            raise PluginError(f"make_runner of {plan.plugin!r} returned {runner!r}; expected a runner")
+        missing = missing_methods(runner, plan.dispatch)
+        if missing:
+            raise PluginError(f"make_runner of {plan.plugin!r} returned {type(runner).__name__}, "
+                              f"which lacks {', '.join(missing)} (needed for the plan's "
+                              f"{plan.dispatch.layout} layout, {plan.dispatch.wire} wire)")
         return MoELayer(plan, weights, runner, check_values=check_values)
 
     def make_dispatcher(self, plan: Plan, group: Any = None):
         """The dispatcher owner's ``make_dispatcher`` for ``plan`` on process group ``group``."""
+        from .ep import Dispatcher
+
         if plan.dispatcher is None:
             raise InputError(f"{plan.backend} keeps tokens on this rank (a2a "
                              f"{plan.spec.a2a.value!r}); it has no dispatcher")
-        d = self.registry.call(plan.dispatcher_plugin, "make_dispatcher", plan=plan, group=group)
-        if not all(callable(getattr(d, m, None)) for m in ("dispatch", "combine")):
-            raise PluginError(f"make_dispatcher of {plan.dispatcher_plugin!r} returned {d!r}; expected "
-                              "a dispatcher with dispatch() and combine()")
+        d = self.registry.call(plan.dispatcher.plugin, "make_dispatcher", plan=plan, group=group)
+        if not isinstance(d, Dispatcher):
+            raise PluginError(f"make_dispatcher of {plan.dispatcher.plugin!r} returned "
+                              f"{type(d).__name__}; expected a dispatcher with dispatch() and combine()")
         return d
 
     def _plan_for(self, spec: MoESpec | Plan, force, disable) -> Plan:

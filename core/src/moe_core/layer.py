@@ -10,6 +10,8 @@ import torch
 
 from .errors import InputError
 from .plan import Plan
+from .runner import LAYOUT_PROTOCOL
+from .tokens import Layout
 from .weights import MoEWeights, device_type
 
 TORCH_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -68,16 +70,17 @@ class MoELayer:
                 raise InputError(f"topk_ids range [{lo}, {hi}] is outside [0, {spec.num_experts}) "
                                  "(global expert ids)")
 
-    def _runner_method(self, name: str):
-        fn = getattr(self.runner, name, None)
-        if fn is None:
-            raise InputError(f"the runner of {self.plan.backend} has no {name}; its plan's layout is "
-                             f"{self.plan.dispatch.layout!r}")
-        return fn
+    def _expect(self, layout: Layout) -> None:
+        # The host checked the runner's methods for the plan's layout; another layout's
+        # method is optional (GroupedRunner has all three).
+        if not isinstance(self.runner, LAYOUT_PROTOCOL[layout]):
+            raise InputError(f"the runner of {self.plan.backend} does not take the {layout} layout "
+                             f"(its plan's layout is {self.plan.dispatch.layout})")
 
     def run_contiguous(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         """Contiguous layout: rows of ``x [N, H]`` grouped per local expert by ``offsets``."""
         E = self.plan.spec.local_experts
+        self._expect(Layout.CONTIGUOUS)
         self._check_hidden("x", x, 2)
         if tuple(offsets.shape) != (E + 1,):
             raise InputError(f"offsets has shape {tuple(offsets.shape)}; expected ({E + 1},) = "
@@ -87,16 +90,17 @@ class MoELayer:
             if int(offsets[0]) != 0 or int(offsets[-1]) != x.shape[0] or bool((diffs < 0).any()):
                 raise InputError(f"offsets must rise from 0 to the {x.shape[0]} rows of x; got "
                                  f"{offsets.tolist()}")
-        return self._runner_method("run_contiguous")(x, offsets)
+        return self.runner.run_contiguous(x, offsets)
 
     def run_masked(self, x: torch.Tensor, masked_m: torch.Tensor) -> torch.Tensor:
         """Masked layout: ``x [E_local, M, H]``, ``masked_m [E_local]`` valid rows per expert.
         Output rows past ``masked_m[e]`` are unspecified."""
         E = self.plan.spec.local_experts
+        self._expect(Layout.MASKED)
         self._check_hidden("x", x, 3)
         if x.shape[0] != E or tuple(masked_m.shape) != (E,):
             raise InputError(f"x has shape {tuple(x.shape)} and masked_m {tuple(masked_m.shape)}; "
                              f"expected ({E}, M, H) and ({E},) = local experts")
         if self.check_values and bool(((masked_m < 0) | (masked_m > x.shape[1])).any()):
             raise InputError(f"masked_m values must lie in [0, {x.shape[1]}]; got {masked_m.tolist()}")
-        return self._runner_method("run_masked")(x, masked_m)
+        return self.runner.run_masked(x, masked_m)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from dataclasses import asdict, dataclass
+from enum import StrEnum
 from typing import Callable, Iterable
 
 from .errors import MoEError
@@ -18,7 +19,16 @@ TPS = (1, 2, 4, 8)
 EPS = (1, 8)
 A2AS = ("none", "deepep_normal", "deepep_ll")
 ARCHS = ("sm90", "sm100")
-CHOSEN, NONE, INVALID, ERROR = "chosen", "none", "invalid", "error"
+
+
+class CellStatus(StrEnum):
+    CHOSEN = "chosen"  # a backend runs it
+    NONE = "none"  # no backend fits
+    INVALID = "invalid"  # not a valid parallel layout for the model
+    ERROR = "error"  # resolution raised: a bug somewhere
+
+
+CHOSEN, NONE, INVALID, ERROR = CellStatus
 #: Tokens per rank a cell is resolved for: decode-sized for low-latency dispatch.
 TOKENS = {"deepep_ll": 128}
 DEFAULT_TOKENS = 4096
@@ -32,11 +42,11 @@ class Cell:
     tp: int
     ep: int
     a2a: str
-    status: str  # chosen | none (no backend) | invalid (not a valid layout) | error (a bug)
+    status: CellStatus
     backend: str | None
     reason: str
-    #: (backend, reason) of every candidate that did not win, best ranked first.
-    others: tuple[tuple[str, str], ...] = ()
+    #: (backend, code, reason) of every candidate that did not win, best ranked first.
+    others: tuple[tuple[str, str | None, str], ...] = ()
 
     @property
     def column(self) -> str:
@@ -65,11 +75,12 @@ def resolve_cell(host: Host, model: ModelConfig, quant: str, arch: str, tp: int,
         res = host.explain(spec)
     except Exception as e:  # a bug somewhere: counted, shown, never hidden
         return Cell(**key, status=ERROR, backend=None, reason=f"{type(e).__name__}: {e}")
-    others = tuple((c.backend, c.reason) for c in res.candidates
-                   if res.plan is None or c.backend != res.plan.backend)
+    others = tuple((str(c.backend), c.code.value if c.code else None, c.reason)
+                   for c in res.candidates if res.plan is None or c.backend != res.plan.backend)
     if res.plan is None:
         return Cell(**key, status=NONE, backend=None, reason="no backend fits", others=others)
-    return Cell(**key, status=CHOSEN, backend=res.plan.backend, reason=res.plan.reason, others=others)
+    return Cell(**key, status=CHOSEN, backend=str(res.plan.backend), reason=res.plan.reason,
+                others=others)
 
 
 def run_matrix(host: Host | None = None, models: Iterable[ModelConfig] | None = None,
@@ -85,20 +96,23 @@ def run_matrix(host: Host | None = None, models: Iterable[ModelConfig] | None = 
 
 
 def summarize(cells: list[Cell], top: int = 8) -> dict:
-    """Per arch: cells per backend, which spec field made cells invalid, and why cells fell
-    to the reference backend (the reasons of the candidates that declined them)."""
+    """Per arch: cells per backend, which spec field made cells invalid, declines by reason
+    code, and why cells fell to the reference backend (the reasons of the candidates that
+    declined them)."""
     out = {}
     for arch in sorted({c.arch for c in cells}):
         mine = [c for c in cells if c.arch == arch]
         counts = Counter(c.backend if c.status == CHOSEN else c.status for c in mine)
         fallbacks = Counter(
             (backend, reason) for c in mine if c.backend and c.backend.startswith("reference:")
-            for backend, reason in c.others if not backend.startswith("reference:"))
+            for backend, _, reason in c.others if not backend.startswith("reference:"))
+        by_code = Counter(code for c in mine for _, code, _ in c.others if code)
         invalid = Counter(c.reason.split(":", 1)[0] for c in mine if c.status == INVALID)
         out[arch] = {
             "cells": len(mine),
             "by_backend": dict(counts.most_common()),
             "invalid_by_field": dict(invalid.most_common()),
+            "declined_by_code": dict(by_code.most_common()),
             "reference_because": [{"backend": b, "reason": r, "cells": n}
                                   for (b, r), n in fallbacks.most_common(top)],
         }
@@ -129,7 +143,8 @@ def to_html(cells: list[Cell], seconds: float) -> str:
             row = rows.setdefault((c.model, c.quant), {})
             if c.status == INVALID or c.column not in columns:
                 continue
-            lines = [f"{c.backend or c.status}: {c.reason}"] + [f"{b}: {r}" for b, r in c.others]
+            lines = [f"{c.backend or c.status}: {c.reason}"] + [
+                f"{b}: {'(' + code + ') ' if code else ''}{r}" for b, code, r in c.others]
             label = (c.backend or c.status).replace("reference:", "ref:")
             row[c.column] = {"status": c.status, "backend": c.backend, "label": label,
                              "title": "\n".join(lines)}

@@ -3,19 +3,37 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
 
-from .declare import Overlap
+from .declare import Overlap, Reason
 from .dispatch import DispatchConfig
 from .spec import MoESpec
 
-# Candidate statuses, in the order `moe explain` sorts them.
-CHOSEN = "chosen"
-SUPPORTED = "supported"  # would run, ranked below the chosen one
-DECLINED = "declined"  # the variant said no, with its reason
-DISABLED = "disabled"  # forbidden by the user (MOE_DISABLE / disable=)
-NOT_FORCED = "not forced"  # the user forced another backend (MOE_BACKEND / force=)
-BROKEN = "broken"  # the plugin failed to load or broke a hook's contract
+if TYPE_CHECKING:
+    from .environment import Environment
+
+
+class Status(StrEnum):
+    """A candidate's outcome, in the order ``moe explain`` lists them."""
+
+    CHOSEN = "chosen"
+    SUPPORTED = "supported"  # would run, ranked below the chosen one
+    DECLINED = "declined"  # said no (or the host did, e.g. no dispatcher), with a code
+    DISABLED = "disabled"  # forbidden by the user (MOE_DISABLE / disable=)
+    NOT_FORCED = "not forced"  # the user forced another backend (MOE_BACKEND / force=)
+    BROKEN = "broken"  # the plugin failed to load or broke a hook's contract
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class Backend:
+    """A variant of a plugin; shown as ``plugin:variant``."""
+
+    plugin: str
+    variant: str
+
+    def __str__(self) -> str:
+        return f"{self.plugin}:{self.variant}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,21 +41,29 @@ class Candidate:
     plugin: str
     variant: str
     priority: int
-    status: str
+    status: Status
     reason: str
     preference: float = 0.0
+    #: Why it does not run (None for chosen and supported candidates).
+    code: Reason | None = None
+
+    def __post_init__(self) -> None:
+        if (self.code is None) != (self.status in (Status.CHOSEN, Status.SUPPORTED)):
+            raise ValueError(f"candidate {self.plugin}:{self.variant} is {self.status.value} with "
+                             f"code {self.code}; a candidate that does not run needs a code")
 
     @property
-    def backend(self) -> str:
-        return f"{self.plugin}:{self.variant}"
+    def backend(self) -> Backend:
+        return Backend(self.plugin, self.variant)
 
     @property
     def supported(self) -> bool:
-        return self.status in (CHOSEN, SUPPORTED)
+        return self.status in (Status.CHOSEN, Status.SUPPORTED)
 
     def to_dict(self) -> dict[str, Any]:
         return {"plugin": self.plugin, "variant": self.variant, "priority": self.priority,
-                "status": self.status, "supported": self.supported, "reason": self.reason}
+                "status": self.status.value, "supported": self.supported,
+                "code": self.code.value if self.code else None, "reason": self.reason}
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,19 +79,15 @@ class Plan:
     overlap: Overlap
     dispatch: DispatchConfig
     options: tuple[tuple[str, Any], ...] = ()
-    #: ``plugin:variant`` of the token dispatcher (None when tokens stay on this rank).
-    dispatcher: str | None = None
+    #: The token dispatcher (None when tokens stay on this rank).
+    dispatcher: Backend | None = None
     candidates: tuple[Candidate, ...] = field(default=(), compare=False)
     #: The dispatcher resolution trace (empty when tokens stay on this rank).
     dispatchers: tuple[Candidate, ...] = field(default=(), compare=False)
 
     @property
-    def backend(self) -> str:
-        return f"{self.plugin}:{self.variant}"
-
-    @property
-    def dispatcher_plugin(self) -> str | None:
-        return self.dispatcher.partition(":")[0] if self.dispatcher else None
+    def backend(self) -> Backend:
+        return Backend(self.plugin, self.variant)
 
     @property
     def padded(self) -> bool:
@@ -75,16 +97,14 @@ class Plan:
         return dict(self.options).get(key, default)
 
     def to_dict(self) -> dict[str, Any]:
-        d = self.dispatch
         return {
             "plugin": self.plugin, "variant": self.variant, "reason": self.reason,
             "intermediate_padded": self.intermediate_padded,
             "overlap": {"sbo": self.overlap.sbo, "down_gemm": self.overlap.down_gemm,
                         "reason": self.overlap.reason},
-            "dispatch": {"mode": d.mode.value, "layout": d.layout, "dtype": d.dtype,
-                         "max_tokens_per_rank": d.max_tokens_per_rank, "round_scale": d.round_scale,
-                         "use_ue8m0": d.use_ue8m0, "nvfp4_global_scale": d.nvfp4_global_scale},
-            "dispatcher": self.dispatcher,
+            "dispatch": self.dispatch.to_dict(),
+            "dispatcher": ({"plugin": self.dispatcher.plugin, "variant": self.dispatcher.variant}
+                           if self.dispatcher else None),
             "dispatchers": [c.to_dict() for c in self.dispatchers],
             "options": dict(self.options),
         }
@@ -99,10 +119,12 @@ class Resolution:
     plan: Plan | None
     force: str | None = None
     disable: tuple[str, ...] = ()
+    environment: "Environment | None" = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "spec": self.spec.to_dict(),
+            "environment": self.environment.to_dict() if self.environment else None,
             "chosen": ({"plugin": self.plan.plugin, "variant": self.plan.variant}
                        if self.plan else None),
             "plan": self.plan.to_dict() if self.plan else None,
@@ -112,5 +134,7 @@ class Resolution:
         }
 
     def summary(self) -> str:
-        """One line per candidate: status, backend, reason."""
-        return "\n".join(f"  [{c.status}] {c.backend}: {c.reason}" for c in self.candidates)
+        """One line per candidate: status, backend, code, reason."""
+        return "\n".join(f"  [{c.status.value}] {c.backend}: "
+                         f"{'(' + c.code.value + ') ' if c.code else ''}{c.reason}"
+                         for c in self.candidates)

@@ -8,25 +8,30 @@ can show it; the others are unaffected.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Iterable
 
 import pluggy
 
 from . import hookspecs
-from .declare import DISPATCHER, RUNNER, Variant
+from .declare import Variant, VariantKind
 from .errors import PluginError
 
-OK, BROKEN = "ok", "broken"
 #: Hooks a plugin must implement for each kind of variant it declares.
-_REQUIRED_HOOKS = {RUNNER: ("supports_shape", "make_runner"),
-                   DISPATCHER: ("supports_dispatch", "make_dispatcher")}
+_REQUIRED_HOOKS = {VariantKind.RUNNER: ("supports_shape", "make_runner"),
+                   VariantKind.DISPATCHER: ("supports_dispatch", "make_dispatcher")}
+
+
+class PluginStatus(StrEnum):
+    OK = "ok"
+    BROKEN = "broken"
 
 
 @dataclass(frozen=True)
 class PluginRecord:
     name: str
-    status: str
+    status: PluginStatus
     variants: tuple[Variant, ...] = ()
     distribution: str | None = None
     version: str | None = None
@@ -35,11 +40,11 @@ class PluginRecord:
 
     @property
     def runner_variants(self) -> tuple[Variant, ...]:
-        return tuple(v for v in self.variants if v.kind == RUNNER)
+        return tuple(v for v in self.variants if v.kind is VariantKind.RUNNER)
 
     @property
     def dispatcher_variants(self) -> tuple[Variant, ...]:
-        return tuple(v for v in self.variants if v.kind == DISPATCHER)
+        return tuple(v for v in self.variants if v.kind is VariantKind.DISPATCHER)
 
 
 def _describe_exc(e: BaseException) -> str:
@@ -52,12 +57,6 @@ def _check_variants(name: str, declared: Any) -> tuple[Variant, ...]:
     names = [v.name for v in declared]
     if len(set(names)) != len(names):
         raise PluginError(f"moe_variants() of {name!r} declares a variant name twice: {names}")
-    for v in declared:
-        if not isinstance(v.priority, int) or isinstance(v.priority, bool):
-            raise PluginError(f"variant {name}:{v.name} has priority {v.priority!r}; expected an int")
-        if v.kind not in _REQUIRED_HOOKS:
-            raise PluginError(f"variant {name}:{v.name} has kind {v.kind!r}; expected one of "
-                              f"{sorted(_REQUIRED_HOOKS)}")
     return tuple(declared)
 
 
@@ -68,7 +67,6 @@ class Registry:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
         self.records: dict[str, PluginRecord] = {}
-        self._callers: dict[tuple[str, str], Any] = {}
 
     @classmethod
     def discover(cls, group: str = hookspecs.ENTRY_POINT_GROUP) -> "Registry":
@@ -125,13 +123,21 @@ class Registry:
         except Exception as e:
             self.pm.unregister(name=name)
             return self._broken(name, meta, _describe_exc(e))
-        rec = PluginRecord(name, OK, variants, **meta)
+        rec = PluginRecord(name, PluginStatus.OK, variants, **meta)
         self.records[name] = rec
-        self._callers.clear()
         return rec
 
+    def mark_broken(self, name: str, error: str) -> None:
+        """Take plugin ``name`` out of resolution after it broke the contract outside a
+        per-spec hook (its record keeps the error)."""
+        rec = self.records[name]
+        if self.pm.get_plugin(name) is not None:
+            self.pm.unregister(name=name)
+        self._broken(name, dict(distribution=rec.distribution, version=rec.version,
+                                source=rec.source), error)
+
     def _broken(self, name: str, meta: dict[str, Any], error: str) -> PluginRecord:
-        rec = PluginRecord(name, BROKEN, (), error=error, **meta)
+        rec = PluginRecord(name, PluginStatus.BROKEN, (), error=error, **meta)
         self.records[name] = rec
         return rec
 
@@ -142,25 +148,27 @@ class Registry:
     def call(self, name: str, hook: str, **kwargs: Any) -> Any:
         """Call ``hook`` on plugin ``name`` alone; None when it does not implement it.
 
-        Goes through pluggy (so tracing and hook wrappers apply) with a cached subset
-        caller, keeping one plugin's answer separate from the others'.
+        The other plugins' implementations are left out, so one plugin's answer (or raise)
+        stays its own, but their hook wrappers run around it and pluggy's tracing sees the
+        call, as for any pluggy hook call.
         """
-        key = (name, hook)
-        caller = self._callers.get(key)
-        if caller is None:
-            if not self._implements(name, hook):
-                return None
-            plugin = self.pm.get_plugin(name)
-            others = [p for p in self.pm.get_plugins() if p is not plugin]
-            caller = self._callers[key] = self.pm.subset_hook_caller(hook, others)
-        result = caller(**kwargs)
-        spec = getattr(self.pm.hook, hook).spec
-        if spec is not None and not spec.opts.get("firstresult"):
+        caller = getattr(self.pm.hook, hook)
+        plugin = self.pm.get_plugin(name)
+        impls = [i for i in caller.get_hookimpls()
+                 if i.plugin is plugin or i.wrapper or i.hookwrapper]
+        if not any(i.plugin is plugin and not (i.wrapper or i.hookwrapper) for i in impls):
+            return None
+        firstresult = bool(caller.spec and caller.spec.opts.get("firstresult"))
+        # HookCaller._hookexec is the plugin manager's executor, wrapped by its tracing
+        # and monitoring; pluggy has no public call over a chosen list of implementations.
+        result = caller._hookexec(hook, impls, kwargs, firstresult)
+        if not firstresult:
             return result[0] if result else None
         return result
 
     def ok(self) -> list[PluginRecord]:
-        return [r for r in sorted(self.records.values(), key=lambda r: r.name) if r.status == OK]
+        return [r for r in sorted(self.records.values(), key=lambda r: r.name)
+                if r.status is PluginStatus.OK]
 
     def __iter__(self) -> Iterable[PluginRecord]:
         return iter(sorted(self.records.values(), key=lambda r: r.name))

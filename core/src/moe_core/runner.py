@@ -1,13 +1,70 @@
-"""Runner building blocks: token grouping, combining, and a base class that derives all
-three token layouts from one ``run_contiguous``."""
+"""The runner contract (one Protocol per token layout) and its building blocks: token
+grouping, combining, and a base class that derives all three layouts from one
+``run_contiguous``."""
 
 from __future__ import annotations
 
+import importlib.util
+from functools import cache
+from typing import Any, Protocol, runtime_checkable
+
 import torch
 
-from .availability import missing_module
+from .dispatch import DispatchConfig
 from .plan import Plan
+from .tokens import Layout
 from .weights import MoEWeights
+
+
+@runtime_checkable
+class Runner(Protocol):
+    """Every runner: the standard layout (the only one with tokens on the rank)."""
+
+    def __call__(self, x: torch.Tensor, topk_weights: torch.Tensor,
+                 topk_ids: torch.Tensor) -> torch.Tensor:
+        """``x [T, H]``, global ``topk_ids``/``topk_weights [T, k]`` -> ``[T, H]``: the
+        weighted sum over this rank's experts (a partial sum under EP/TP)."""
+        ...
+
+
+@runtime_checkable
+class ContiguousRunner(Protocol):
+    def run_contiguous(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """``x [N, H]``, rows ``offsets[e]:offsets[e+1]`` (``offsets [E_local + 1]``, int64)
+        for local expert ``e`` -> ``[N, H]`` expert outputs, not weighted."""
+        ...
+
+
+@runtime_checkable
+class MaskedRunner(Protocol):
+    def run_masked(self, x: torch.Tensor, masked_m: torch.Tensor) -> torch.Tensor:
+        """``x [E_local, M, H]``, ``masked_m [E_local]`` valid rows -> the same shape; rows
+        past a count are unspecified."""
+        ...
+
+
+@runtime_checkable
+class QuantizedMaskedRunner(Protocol):
+    def run_masked_quantized(self, quantized: tuple[torch.Tensor, ...],
+                             masked_m: torch.Tensor) -> torch.Tensor:
+        """The wire tensors as received (e.g. NVFP4 data and block scales) in the masked
+        layout -> ``[E_local, M, H]`` in the activation dtype."""
+        ...
+
+
+#: The Protocol a runner must satisfy for each layout it is planned with.
+LAYOUT_PROTOCOL = {Layout.STANDARD: Runner, Layout.CONTIGUOUS: ContiguousRunner,
+                   Layout.MASKED: MaskedRunner}
+_METHOD = {Runner: "__call__", ContiguousRunner: "run_contiguous", MaskedRunner: "run_masked",
+           QuantizedMaskedRunner: "run_masked_quantized"}
+
+
+def missing_methods(runner: Any, dispatch: DispatchConfig) -> list[str]:
+    """The methods ``runner`` lacks for a plan that dispatches as ``dispatch``."""
+    need = [Runner, LAYOUT_PROTOCOL[dispatch.layout]]
+    if not dispatch.wire.dequantized_on_arrival:
+        need.append(QuantizedMaskedRunner)
+    return [_METHOD[p] for p in dict.fromkeys(need) if not isinstance(runner, p)]
 
 
 def valid_rows(masked_m: torch.Tensor, rows: int) -> torch.Tensor:
@@ -141,11 +198,16 @@ def _triton_kernel():
     return _reduce_kernel
 
 
+@cache
+def _has_triton() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
 def weighted_reduce(y: torch.Tensor, pos: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """``y [P, H]``, ``pos [n, k]``, ``weights [n, k]`` -> ``[n, H]`` bf16."""
     n, k = pos.shape
     H = y.shape[-1]
-    if y.is_cuda and missing_module("triton") is None:
+    if y.is_cuda and _has_triton():
         cdiv, kernel = _triton_kernel()
         out = torch.empty(n, H, dtype=torch.bfloat16, device=y.device)
         if n:

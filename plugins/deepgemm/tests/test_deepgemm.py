@@ -3,7 +3,6 @@ and the runner's plumbing against the reference through a stand-in ``deep_gemm``
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 from pathlib import Path
 
@@ -11,8 +10,7 @@ import pytest
 import torch
 
 import moe_plugin_deepgemm as plugin
-from moe_core import Host, MoESpec, spec_for_model
-from moe_core.availability import missing_module
+from moe_core import Host, MoESpec, Reason, Wire, spec_for_model
 from moe_core.reference.oracle import relative_error
 from moe_core.registry import Registry
 from moe_core.synthetic import random_inputs, random_weights
@@ -25,14 +23,12 @@ FAKE = Path(__file__).with_name("fake_deep_gemm")
 @pytest.fixture
 def fake_dg(monkeypatch):
     """Make ``deep_gemm`` importable as the CPU stand-in for one test."""
-    monkeypatch.syspath_prepend(str(FAKE))
-    missing_module.cache_clear()
+    monkeypatch.syspath_prepend(str(FAKE))  # before host(): each host probes deep_gemm once
     monkeypatch.delitem(sys.modules, "deep_gemm", raising=False)
     import deep_gemm
     deep_gemm.calls.clear()
     yield deep_gemm
     sys.modules.pop("deep_gemm", None)
-    missing_module.cache_clear()
 
 
 def host():
@@ -57,6 +53,7 @@ def test_s1_qwen3_fp8_falls_from_fused_to_unfused(fake_dg, tp, fused, unfused):
     spec = spec_for_model("Qwen/Qwen3-30B-A3B-FP8", tp=tp, arch="sm90")
     t = trace(spec)
     assert fused in t["contiguous_fused"].reason and not t["contiguous_fused"].supported
+    assert t["contiguous_fused"].code is Reason.SHAPE_UNALIGNED
     if unfused is None:
         assert t["contiguous"].status == "chosen"
     else:
@@ -72,7 +69,7 @@ def test_s1_a_clamp_limit_on_an_unaligned_shape_falls_to_another_plugin(fake_dg)
     assert "SwiGLU clamp limit is applied only by the fused" in t["contiguous"].reason
     assert host().resolve(spec).plugin == "reference"
     aligned = spec.replace(intermediate_size=1024)  # G = 8: the fused kernel takes the clamp
-    assert host().resolve(aligned).backend == "deepgemm:contiguous_fused"
+    assert str(host().resolve(aligned).backend) == "deepgemm:contiguous_fused"
 
 
 def test_deepep_masked_buffer_rows_must_be_whole_tiles(fake_dg):
@@ -83,61 +80,59 @@ def test_deepep_masked_buffer_rows_must_be_whole_tiles(fake_dg):
     for variant in ("masked", "masked_fused"):
         assert "N = 200 rows per expert" in t[variant].reason and "N % 128" in t[variant].reason
     assert host().resolve(spec).plugin == "reference"
-    assert host().resolve(spec.replace(max_tokens=128)).backend == "deepgemm:masked_fused"
+    assert str(host().resolve(spec.replace(max_tokens=128)).backend) == "deepgemm:masked_fused"
 
 
-@pytest.mark.parametrize("change, reason", [
-    (dict(arch="sm80"), "needs an NVIDIA SM90 GPU"),
-    (dict(arch="cpu"), "needs an NVIDIA SM90 GPU"),
-    (dict(arch="sm100"), "SM100 is not offered"),
-    (dict(quant="nvfp4"), "weights must be bf16 or fp8_block128"),
-    (dict(act_dtype="fp32"), "bf16 activations"),
+@pytest.mark.parametrize("change, code, reason", [
+    (dict(arch="sm80"), Reason.ARCH_UNSUPPORTED, "needs an NVIDIA SM90 GPU"),
+    (dict(arch="cpu"), Reason.ARCH_UNSUPPORTED, "needs an NVIDIA SM90 GPU"),
+    (dict(arch="sm100"), Reason.NOT_IMPLEMENTED, "SM100 is not offered"),
+    (dict(quant="nvfp4"), Reason.QUANT_UNSUPPORTED, "weights must be bf16 or fp8_block128"),
+    (dict(act_dtype="fp32"), Reason.ACT_DTYPE_UNSUPPORTED, "bf16 activations"),
     (dict(activation="swiglu_limit", swiglu_limit=7.0, swiglu_alpha=1.702, has_bias=True),
-     "expert biases are not supported"),
-    (dict(hidden_size=2000), "hidden 2000 is not a multiple of 64"),
+     Reason.BIAS_UNSUPPORTED, "expert biases are not supported"),
+    (dict(hidden_size=2000), Reason.SHAPE_UNALIGNED, "hidden 2000 is not a multiple of 64"),
 ])
-def test_declines_with_the_real_constraint(fake_dg, change, reason):
+def test_declines_with_the_real_constraint(fake_dg, change, code, reason):
     base = MoESpec(num_experts=8, top_k=2, hidden_size=2048, intermediate_size=1024, arch="sm90")
     for c in trace(base.replace(**change)).values():
-        assert reason in c.reason and not c.supported
+        assert reason in c.reason and not c.supported and c.code is code
 
 
-def test_without_deep_gemm_the_reason_says_so():
-    missing_module.cache_clear()
+def test_without_deep_gemm_the_host_says_so_after_the_shape_reasons():
     spec = MoESpec(num_experts=8, top_k=2, hidden_size=2048, intermediate_size=1024, arch="sm90")
-    assert "deep_gemm not importable" in trace(spec)["contiguous"].reason
+    t = trace(spec)
+    assert t["contiguous"].code is Reason.DEPENDENCY_MISSING
+    assert "deep_gemm not importable" in t["contiguous"].reason
+    assert t["contiguous_fused"].code is Reason.QUANT_UNSUPPORTED  # the shape reason still shows
 
 
 def test_decode_prefers_masked_and_prefill_contiguous(fake_dg):
     spec = spec_for_model("Qwen/Qwen3-30B-A3B", arch="sm90", max_tokens=64)
-    assert host().resolve(spec).backend == "deepgemm:masked"
-    assert host().resolve(spec.replace(max_tokens=4096)).backend == "deepgemm:contiguous"
+    assert str(host().resolve(spec).backend) == "deepgemm:masked"
+    assert str(host().resolve(spec.replace(max_tokens=4096)).backend) == "deepgemm:contiguous"
 
 
-# -- S4: dispatcher -------------------------------------------------------------------
-@pytest.mark.parametrize("quant", ["bf16", "fp8_block128"])
+# -- S4: the wire follows the declarations --------------------------------------------
+@pytest.mark.parametrize("quant, wire", [("bf16", Wire.BF16), ("fp8_block128", Wire.FP8)])
 @pytest.mark.parametrize("a2a", ["deepep_normal", "deepep_ll", "torch_a2a"])
-def test_s4_dispatch_dtype(fake_dg, quant, a2a, arch="sm90"):
+def test_s4_dispatch_wire(fake_dg, quant, wire, a2a, arch="sm90"):
+    """S4: BF16 dispatch for unquantized BF16 layers on DeepGEMM (DeepEP low-latency
+    included); fp8 layers keep FP8 with fp32 scales (no UE8M0 on SM90)."""
     spec = MoESpec(num_experts=64, top_k=8, hidden_size=2048, intermediate_size=1024, quant=quant,
                    arch=arch, a2a=a2a, tp_size=8, ep_size=8, max_tokens=128)
-    plan = host().resolve(spec, force="deepgemm")
-    d = plan.dispatch
-    default = host().resolve(spec, force="reference").dispatch  # what the host proposes
-    if quant == "bf16" and a2a == "deepep_ll":
-        assert default.dtype == "fp8" and d.dtype == "bf16"  # the one change S4 makes
-    else:
-        assert d == default  # every other combination keeps its own dispatch
-    assert not (d.round_scale or d.use_ue8m0)
+    d = host().resolve(spec, force="deepgemm").dispatch
+    assert d.wire is wire and not (d.round_scale or d.use_ue8m0)
 
 
-def test_s4_bf16_low_latency_is_what_changes(fake_dg):
-    """Without the plugin's say, DeepEP low-latency dispatches FP8; DeepGEMM turns it to BF16
-    for unquantized layers only."""
+def test_s4_no_default_to_undo(fake_dg):
+    """No plugin turns the wire back: a bf16 layer never had FP8 on the wire, whoever runs it
+    (the reference, forced, moves what it computes on: bf16)."""
     spec = MoESpec(num_experts=64, top_k=8, hidden_size=2048, intermediate_size=1024,
                    arch="sm90", a2a="deepep_ll", tp_size=8, ep_size=8, max_tokens=128)
-    assert host().resolve(spec, force="reference").dispatch.dtype == "fp8"
-    assert host().resolve(spec, force="deepgemm").dispatch.dtype == "bf16"
-    assert host().resolve(spec.replace(quant="fp8_block128"), force="deepgemm").dispatch.dtype == "fp8"
+    assert host().resolve(spec, force="reference:loop").dispatch.wire is Wire.BF16
+    assert host().resolve(spec, force="deepgemm").dispatch.wire is Wire.BF16
+    assert not hasattr(plugin, "configure_dispatcher")
 
 
 # -- S5: overlap ----------------------------------------------------------------------
@@ -150,12 +145,7 @@ def test_s5_sbo_on_down_gemm_overlap_off_runs_without_unpacking(fake_dg):
     assert "no overlap signal arguments" in plan.overlap.reason
     runner = DeepGemmRunner(plan, prepare(plan, random_weights(spec, device="cpu")))
     runner(*random_inputs(spec, 8, device="cpu"))  # the fake returns None, as DeepGEMM does
-    assert "fp8_masked" in fake_dg.calls and runner.overlap_result is None
-    # the runner reads overlap results only when the plan enabled them
-    on = DeepGemmRunner(dataclasses.replace(plan, overlap=dataclasses.replace(plan.overlap, down_gemm=True)),
-                        runner.weights)
-    with pytest.raises(TypeError):
-        on(*random_inputs(spec, 8, device="cpu"))
+    assert "fp8_masked" in fake_dg.calls
 
 
 # -- weights and runner plumbing ------------------------------------------------------

@@ -77,7 +77,7 @@ CASES = [  # model, quant, tp, experts kept, expected variant at decode / prefil
 def test_resolved_deepgemm_matches_the_reference(host, model, quant, tp, experts, decode, prefill, tokens):
     spec = spec_for_model(model, quant=quant, tp=tp, experts=experts, arch="auto", max_tokens=tokens)
     plan = host.resolve(spec)
-    assert plan.backend == f"deepgemm:{decode if tokens <= 256 else prefill}"
+    assert str(plan.backend) == f"deepgemm:{decode if tokens <= 256 else prefill}"
     weights = random_weights(spec)
     x, tw, ti = random_inputs(spec, tokens)
     out = host.load(plan, weights)(x, tw, ti)
@@ -93,7 +93,7 @@ def test_masked_layout_from_deepep_low_latency(host, quant):
                           a2a="deepep_ll", arch="auto", max_tokens=128)
     plan = host.resolve(spec)
     assert plan.plugin == "deepgemm" and plan.dispatch.layout == "masked"
-    assert plan.dispatch.dtype == ("bf16" if quant == "bf16" else "fp8")  # S4
+    assert plan.dispatch.wire.value == ("bf16" if quant == "bf16" else "fp8")  # S4
     weights = random_weights(spec)
     x, _, ti = random_inputs(spec, 128)
     rows, offsets, _, _ = contiguous_layout(x, ti, spec.first_expert, spec.local_experts)

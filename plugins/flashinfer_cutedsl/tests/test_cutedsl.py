@@ -8,7 +8,7 @@ import torch
 from click.testing import CliRunner
 
 import moe_plugin_cutedsl as plugin
-from moe_core import Host, MoESpec
+from moe_core import Host, Layout, MoESpec, Reason, Wire
 from moe_core.cli import main
 from moe_core.quant.fp4 import dequantize_nvfp4
 from moe_core.registry import Registry
@@ -108,12 +108,10 @@ def test_deepep_low_latency_resolves_to_v1_with_bf16_dispatch(kernels_assumed):
     from moe_plugin_deepep.args import low_latency_kwargs
 
     plan = host().resolve(SPEC)
-    assert plan.backend == "flashinfer_cutedsl:v1"
-    assert plan.option("autotune") is False
-    assert plan.dispatcher == "deepep:low_latency"
+    assert str(plan.backend) == "flashinfer_cutedsl:v1"
+    assert str(plan.dispatcher) == "deepep:low_latency"
     d = plan.dispatch
-    assert (d.layout, d.dtype, d.round_scale, d.use_ue8m0, d.nvfp4_global_scale) == (
-        "masked", "bf16", False, False, False)
+    assert (d.layout, d.wire, d.round_scale, d.use_ue8m0) == (Layout.MASKED, Wire.BF16, False, False)
     assert low_latency_kwargs(d) == {"use_fp8": False}
 
 
@@ -121,43 +119,43 @@ def test_static_input_scale_dispatches_nvfp4_with_the_global_scale(kernels_assum
     from moe_plugin_deepep.args import low_latency_kwargs
 
     plan = host().resolve(SPEC.replace(static_input_scale=True))
-    assert plan.backend == "flashinfer_cutedsl:v1"
-    assert (plan.dispatch.dtype, plan.dispatch.nvfp4_global_scale) == ("nvfp4", True)
+    assert str(plan.backend) == "flashinfer_cutedsl:v1"
+    assert plan.dispatch.wire is Wire.NVFP4 and not plan.dispatch.wire.dequantized_on_arrival
     # torch's dispatcher cannot move nvfp4: only DeepEP serves this plan.
-    assert plan.dispatcher == "deepep:low_latency"
+    assert str(plan.dispatcher) == "deepep:low_latency"
     kw = low_latency_kwargs(plan.dispatch, x_global_scale=torch.ones(1))
     assert kw["use_nvfp4"] is True and "x_global_scale" in kw and kw["use_fp8"] is False
 
 
 def test_no_a2a_resolves_to_v2(kernels_assumed):
     plan = host().resolve(SPEC.replace(tp_size=1, ep_size=1, a2a="none"))
-    assert plan.backend == "flashinfer_cutedsl:v2" and plan.dispatcher is None
-    assert plan.option("autotune") is True
+    assert str(plan.backend) == "flashinfer_cutedsl:v2" and plan.dispatcher is None
 
 
 def test_deepep_low_latency_never_fails_for_want_of_a_fused_function():
     """S3's regression: without the kernels the layer still resolves, with reasons."""
     res = host().explain(SPEC)
     assert res.plan is not None
-    v1 = next(c for c in res.candidates if c.backend == "flashinfer_cutedsl:v1")
-    assert "flashinfer not importable" in v1.reason
+    v1 = next(c for c in res.candidates if str(c.backend) == "flashinfer_cutedsl:v1")
+    assert v1.code is Reason.DEPENDENCY_MISSING and "flashinfer not importable" in v1.reason
 
 
-def test_other_runners_keep_their_dispatch_settings(kernels_assumed):
+def test_other_runners_get_what_their_own_declarations_say(kernels_assumed):
     spec = SPEC.replace(quant="fp8_block128", arch="sm90")
     plan = host().resolve(spec, force="reference")
-    assert plan.dispatch.dtype == "fp8"  # DeepEP LL's default for everyone else
+    assert plan.dispatch.wire is Wire.BF16  # the reference takes bf16; no FP8 default to undo
 
 
 def test_hopper_declines_both_variants_with_the_reason(kernels_assumed):
     res = host().explain(SPEC.replace(arch="sm90"))
     for v in ("v1", "v2"):
-        c = next(c for c in res.candidates if c.backend == f"flashinfer_cutedsl:{v}")
+        c = next(c for c in res.candidates if str(c.backend) == f"flashinfer_cutedsl:{v}")
         assert "need Blackwell (SM100 or newer), found sm90" in c.reason
 
 
 @pytest.mark.parametrize("a2a, chosen, other, why", [
-    ("deepep_ll", "v1", "v2", "v1 takes it"), ("none", "v2", "v1", "v2 takes it")])
+    ("deepep_ll", "v1", "v2", "a2a deepep_ll hands the runner the masked layout"),
+    ("none", "v2", "v1", "a2a none hands the runner the standard layout")])
 def test_moe_explain_on_sm100_shows_both_decisions(a2a, chosen, other, why, monkeypatch):
     monkeypatch.delenv("MOE_ASSUME_INSTALLED", raising=False)
     args = ["explain", "-m", "nvidia/DeepSeek-V3.1-NVFP4", "--arch", "sm100", "--tokens", "128",
@@ -169,3 +167,5 @@ def test_moe_explain_on_sm100_shows_both_decisions(a2a, chosen, other, why, monk
     assert out["chosen"] == {"plugin": "flashinfer_cutedsl", "variant": chosen}, r.output
     reasons = {(c["plugin"], c["variant"]): c["reason"] for c in out["candidates"]}
     assert why in reasons[("flashinfer_cutedsl", other)]
+    codes = {(c["plugin"], c["variant"]): c["code"] for c in out["candidates"]}
+    assert codes[("flashinfer_cutedsl", other)] == "layout_unsupported"

@@ -53,7 +53,7 @@ def test_install_explain_uninstall(env):
                           "--ep", "8", "--a2a", "deepep_ll", "--arch", "sm100", "--tokens", "128",
                           "--assume-installed", "flashinfer", "--json"))
     assert out["chosen"] == {"plugin": "flashinfer_cutedsl", "variant": "v1"}
-    assert out["plan"]["dispatch"]["dtype"] == "bf16"
+    assert out["plan"]["dispatch"]["wire"] == "bf16"
 
     _run(bindir / "python", "-m", "pip", "uninstall", "-q", "-y", "moe-plugin-cutedsl")
     assert "flashinfer_cutedsl" not in _plugins(bindir)

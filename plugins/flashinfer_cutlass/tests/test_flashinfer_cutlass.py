@@ -10,8 +10,8 @@ import torch
 from click.testing import CliRunner
 
 import moe_plugin_flashinfer_cutlass as plugin
-from moe_core import Activation, Host, MoESpec, spec_for_model
-from moe_core.availability import assume_installed
+from moe_core import (Activation, Environment, Host, Layout, MoESpec, Reason, assume_installed,
+                      spec_for_model)
 from moe_core.cli import main as cli
 from moe_core.registry import Registry
 from moe_core.synthetic import random_inputs, random_weights
@@ -28,7 +28,7 @@ def host():
 
 
 def _by_name(spec):
-    return {v.variant: v for v in verdicts(spec)}
+    return {v.variant: v for v in verdicts(spec, Environment())}
 
 
 S2_961 = dict(num_experts=8, top_k=2, hidden_size=256, intermediate_size=7688, tp_size=8)
@@ -36,9 +36,10 @@ NANO = "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16"
 
 
 # -- declarations -----------------------------------------------------------------------
-def test_without_flashinfer_every_variant_says_so():
-    v = _by_name(MoESpec(num_experts=8, top_k=2, hidden_size=256, intermediate_size=256, arch="sm90"))
-    assert not v["bf16"].supported and "flashinfer not importable" in v["bf16"].reason
+def test_without_flashinfer_the_host_says_so(host):
+    res = host.explain(MoESpec(num_experts=8, top_k=2, hidden_size=256, intermediate_size=256, arch="sm90"))
+    bf16 = next(c for c in res.candidates if str(c.backend) == "flashinfer_cutlass:bf16")
+    assert bf16.code is Reason.DEPENDENCY_MISSING and "flashinfer not importable" in bf16.reason
 
 
 @pytest.mark.parametrize("quant, variant", [("bf16", "bf16"), ("fp8_block128", "fp8_block128")])
@@ -74,7 +75,6 @@ def test_fp4_paths_are_declared_for_blackwell_only(arch, needle):
     (dict(hidden_size=2064, quant="fp8_block128"), "not a multiple of 128 (fp8 128x128"),
     (dict(activation="gelu_gated"), "erf-based"),
     (dict(act_dtype="fp32"), "bf16 activations"),
-    (dict(a2a="deepep_ll", ep_size=2, tp_size=2), "masked layout"),
     (dict(arch="sm100"), "SM90 (Hopper) only"),
     (dict(has_bias=True, activation="swiglu_limit", swiglu_limit=7.0, swiglu_alpha=1.702, tp_size=2),
      "every rank would add the down bias"),
@@ -82,22 +82,41 @@ def test_fp4_paths_are_declared_for_blackwell_only(arch, needle):
 def test_declines_with_the_rule_it_breaks(changes, needle):
     base = dict(num_experts=8, top_k=2, hidden_size=2048, intermediate_size=768, arch="sm90")
     spec = MoESpec(**{**base, **changes})
-    with assume_installed("flashinfer"):
-        reasons = " | ".join(v.reason for v in verdicts(spec))
+    reasons = " | ".join(v.reason for v in verdicts(spec, Environment()))
     assert needle in reasons
-    assert not any(v.supported for v in verdicts(spec))
+    assert not any(v.supported for v in verdicts(spec, Environment()))
+
+
+@pytest.mark.parametrize("a2a", ["torch_a2a", "deepep_normal"])
+def test_a_dispatcher_hands_the_fused_kernel_the_standard_layout(host, a2a):
+    """The kernel routes tokens itself: under a dispatcher it is planned with the standard
+    layout (received rows and their top-k), never a contiguous layout it would re-permute."""
+    spec = MoESpec(num_experts=8, top_k=2, hidden_size=2048, intermediate_size=768, arch="sm90",
+                   a2a=a2a, ep_size=2, tp_size=2)
+    with assume_installed("flashinfer"):
+        plan = host.resolve(spec)
+    assert plan.plugin == "flashinfer_cutlass" and plan.dispatch.layout is Layout.STANDARD
+
+
+def test_deepep_low_latency_is_declined_for_its_masked_layout(host):
+    spec = MoESpec(num_experts=8, top_k=2, hidden_size=2048, intermediate_size=768, arch="sm90",
+                   a2a="deepep_ll", ep_size=2, tp_size=2)
+    with assume_installed("flashinfer"):
+        res = host.explain(spec)
+    bf16 = next(c for c in res.candidates if str(c.backend) == "flashinfer_cutlass:bf16")
+    assert bf16.code is Reason.LAYOUT_UNSUPPORTED and "masked layout" in bf16.reason
 
 
 def test_priority_follows_the_measurements(host):
-    """Standard layout: preferred over DeepGEMM's fused variants; contiguous from a dispatcher: not."""
+    """Tokens on the rank: preferred over DeepGEMM's fused variants; dispatched tokens: not."""
     import moe_plugin_deepgemm as deepgemm
 
     host.registry.register(deepgemm, "deepgemm")
     spec = spec_for_model("deepseek-ai/DeepSeek-V3", tp=1, experts=16, arch="sm90", max_tokens=2048)
     with assume_installed("flashinfer,deep_gemm"):
-        assert host.resolve(spec).backend == "flashinfer_cutlass:fp8_block128"
+        assert str(host.resolve(spec).backend) == "flashinfer_cutlass:fp8_block128"
         dispatched = spec.replace(num_experts=32, tp_size=2, ep_size=2, a2a="torch_a2a")
-        assert host.resolve(dispatched).backend == "deepgemm:contiguous_fused"
+        assert str(host.resolve(dispatched).backend) == "deepgemm:contiguous_fused"
 
 
 # -- S2: padding ------------------------------------------------------------------------
@@ -218,18 +237,26 @@ def test_an_unknown_binding_is_refused():
         build.module_name("fp16")
 
 
-def test_explain_says_when_a_build_is_pending(tmp_path, monkeypatch, capsys):
+def test_explain_says_when_a_build_is_pending(tmp_path, monkeypatch):
+    """Build stamps are read once per host (probe_environment) and reach the verdict as a fact."""
     monkeypatch.setenv("MOE_CORE_CACHE", str(tmp_path))
-    note = build.build_note("bf16")
-    assert "first use compiles the bf16 kernels (measured 2.4 min" in note
-    assert "python -m moe_plugin_flashinfer_cutlass.build bf16" in note
+
+    def note():
+        reg = Registry()
+        reg.register(plugin, "flashinfer_cutlass")
+        env = Host(reg).env
+        assert env.fact(build.stamp_fact("bf16")) in ("yes", "no")
+        return build.build_note("bf16", env)
+
+    assert "first use compiles the bf16 kernels (measured 2.4 min" in note()
+    assert "python -m moe_plugin_flashinfer_cutlass.build bf16" in note()
     library = tmp_path / "lib.so"
     library.write_bytes(b"")
     build.stamp_path("bf16").parent.mkdir(parents=True)
     build.stamp_path("bf16").write_text(json.dumps({"kind": "bf16", "library": str(library)}))
-    assert build.build_note("bf16") is None
+    assert note() is None
     library.unlink()  # a stamp whose library is gone is no build
-    assert build.build_note("bf16") is not None
+    assert note() is not None
 
 
 def test_explain_cli_shows_the_s2_decision(monkeypatch):

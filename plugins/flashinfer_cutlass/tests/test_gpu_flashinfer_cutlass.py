@@ -53,7 +53,7 @@ def test_cutlass_matches_the_unpadded_reference(host, case, tokens):
     spec, variant, padded = CASES[case]
     spec = spec.replace(max_tokens=tokens)
     plan = host.resolve(spec, force="flashinfer_cutlass")
-    assert plan.backend == f"flashinfer_cutlass:{variant}"
+    assert str(plan.backend) == f"flashinfer_cutlass:{variant}"
     assert plan.intermediate_padded == padded
     weights = random_weights(spec)
     x, tw, ti = random_inputs(spec, tokens)
@@ -84,5 +84,5 @@ def test_the_build_is_recorded_for_explain():
     for kind in build.KINDS:
         stamp = build.built(kind)
         assert stamp is not None and stamp["kind"] == kind, f"{kind} was not built by the tests above"
-        assert build.build_note(kind) is None
+        assert build.probe()[build.stamp_fact(kind)] == "yes"  # what a new host reads
         print(f"\n{kind}: {stamp}")

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 import moe_plugin_flashinfer_cutlass as plugin
 from moe_core import Host, MoESpec, Quant, spec_for_model
-from moe_core.availability import assume_installed
+from moe_core import assume_installed
 from moe_core.quant import fake_quantize_activation
 from moe_core.reference.oracle import relative_error
 from moe_core.registry import Registry

@@ -8,16 +8,16 @@ import sys
 import click
 from rich.table import Table
 
-from .. import Host, availability, default_host
+from .. import assume_installed as assuming, default_host
 from ..models import bundled_models
-from ..plan import Resolution
+from ..plan import Resolution, Status
 from .common import build_spec, console, reports_errors, spec_options
 from .hf import hf
 from .matrix_cmd import matrix
 from .run_layer import run
 
-_STATUS_STYLE = {"chosen": "bold green", "supported": "green", "declined": "yellow",
-                 "disabled": "magenta", "not forced": "dim", "broken": "bold red"}
+_STATUS_STYLE = {Status.CHOSEN: "bold green", Status.SUPPORTED: "green", Status.DECLINED: "yellow",
+                 Status.DISABLED: "magenta", Status.NOT_FORCED: "dim", Status.BROKEN: "bold red"}
 
 
 @click.group()
@@ -96,10 +96,11 @@ def print_resolution(res: Resolution) -> None:
 
 def _print_candidates(candidates, kind: str) -> None:
     table = Table(title=f"{kind} candidates", title_justify="left")
-    for col in ("status", kind, "priority", "reason"):
+    for col in ("status", kind, "priority", "code", "reason"):
         table.add_column(col, overflow="fold")
     for c in candidates:
-        table.add_row(f"[{_STATUS_STYLE[c.status]}]{c.status}[/]", c.backend, str(c.priority), c.reason)
+        table.add_row(f"[{_STATUS_STYLE[c.status]}]{c.status}[/]", str(c.backend), str(c.priority),
+                      c.code.value if c.code else "", c.reason)
     console.print(table)
 
 
@@ -116,10 +117,7 @@ def explain(as_json, assume_installed, **o):
     Exits 0 when a backend is chosen, 2 (with the reasons) when none fits.
     """
     spec = build_spec(o, default_tokens=4096)
-    if assume_installed:  # a fresh host: cached answers were given without the assumption
-        with availability.assume_installed(assume_installed):
-            res = Host().explain(spec, force=o["force"], disable=o["disable"])
-    else:
+    with assuming(assume_installed):
         res = default_host().explain(spec, force=o["force"], disable=o["disable"])
     if as_json:
         click.echo(json.dumps(res.to_dict(), indent=2))

@@ -70,7 +70,7 @@ def hf(model, hf_config, layers, experts, hidden, intermediate, tokens, device, 
         for col in ("layer", "experts module", "backend", "why", "rel. error vs the module"):
             table.add_column(col, overflow="fold")
         for r in report.layers:
-            table.add_row(r.name, r.module_class, r.plan.backend, r.plan.reason,
+            table.add_row(r.name, r.module_class, str(r.plan.backend), r.plan.reason,
                           f"{layer_err[r.name]:.1e}")
         console.print(table)
         console.print(f"every layer within {TOLERANCE:g} of transformers' own experts: "

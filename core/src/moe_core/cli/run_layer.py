@@ -94,7 +94,7 @@ def _run(o: dict) -> dict:
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     out = layer(x, tw, ti)  # warm-up (JIT compiles happen here)
     ms = _median_ms(lambda: layer(x, tw, ti), o["iters"], sync)
-    result = {"model": cfg.name, "spec": spec.to_dict(), "backend": plan.backend, "reason": plan.reason,
+    result = {"model": cfg.name, "spec": spec.to_dict(), "backend": str(plan.backend), "reason": plan.reason,
               "tokens": tokens, "load_s": load_s, "median_ms": ms,
               "memory_planned_bytes": need, "memory_available_bytes": have, "notes": list(cfg.notes)}
     if plan.plugin != "reference":

@@ -7,11 +7,14 @@ import torch
 from ..arch import detect_arch
 from ..errors import InputError
 from ..host import Host
-from ..plan import BROKEN, DECLINED, Candidate, Plan
+from ..declare import Reason
+from ..plan import Candidate, Plan, Status
+from ..registry import PluginStatus
 from ..quant import tolerance
 from ..reference.oracle import relative_error
 from ..runner import contiguous_layout, masked_layout, valid_rows
 from ..spec import MoESpec
+from ..tokens import Layout
 from ..synthetic import random_inputs, random_weights
 
 REFERENCE = "reference:loop"
@@ -45,14 +48,17 @@ def plugin_candidates(host: Host, plugin: str, spec: MoESpec) -> list[Candidate]
     if rec is None:
         raise ConformanceError(f"no plugin named {plugin!r} is installed "
                                f"(installed: {', '.join(r.name for r in host.registry)})")
-    if rec.status != "ok":
+    if rec.status is not PluginStatus.OK:
         raise ConformanceError(f"plugin {plugin!r} is broken: {rec.error}")
     # "" and (): ignore MOE_BACKEND / MOE_DISABLE, which must not change what is checked
     mine = [c for c in host.explain(spec, force="", disable=()).candidates if c.plugin == plugin]
     for c in mine:
-        if c.status == BROKEN:
+        if c.status is Status.BROKEN:
             raise ConformanceError(f"{c.backend} broke a hook on {spec.describe()}: {c.reason}")
-        if c.status == DECLINED and not is_specific(c.reason):
+        if c.status is Status.DECLINED and c.code is Reason.UNSPECIFIED:
+            raise ConformanceError(f"{c.backend} declined {spec.describe()} without a reason code "
+                                   f"(Verdict.no(variant, text) is deprecated): {c.reason!r}")
+        if c.status is Status.DECLINED and not is_specific(c.reason):
             raise ConformanceError(f"{c.backend} declined {spec.describe()} with a reason that "
                                    f"says nothing specific: {c.reason!r}")
     return mine
@@ -61,10 +67,10 @@ def plugin_candidates(host: Host, plugin: str, spec: MoESpec) -> list[Candidate]
 def _run(layer, plan: Plan, x, tw, ti):
     """Run ``layer`` in ``plan``'s token layout; returns comparable rows."""
     spec = plan.spec
-    if plan.dispatch.layout == "standard":
+    if plan.dispatch.layout is Layout.STANDARD:
         return layer(x, tw, ti)
     rows, offsets, _, _ = contiguous_layout(x, ti, spec.first_expert, spec.local_experts)
-    if plan.dispatch.layout == "contiguous":
+    if plan.dispatch.layout is Layout.CONTIGUOUS:
         return layer.run_contiguous(rows, offsets)
     masked, counts = masked_layout(rows, offsets)
     out = layer.run_masked(masked, counts)
@@ -102,7 +108,7 @@ def check_run(host: Host, backend: str, spec: MoESpec, *, tokens: int = 16, seed
         if not torch.equal(before[name].view(torch.uint8), t.view(torch.uint8)):
             raise ConformanceError(f"{where} it modified the caller's {name} (process_weights and "
                                    "runners must not mutate their inputs)")
-    if plan.dispatch.layout == "standard":
+    if plan.dispatch.layout is Layout.STANDARD:
         _check_edges(layer, x, tw, ti, where)
     return err
 

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, example, given, settings
 from moe_core import Quant, SpecError, bundled_models, spec_for_model
 from moe_core.conformance.checks import check_run, not_runnable_here, plugin_candidates
 from moe_core.conformance.strategies import edge_specs, specs
-from moe_core.plan import CHOSEN, SUPPORTED
+from moe_core.registry import PluginStatus
 
 ARCHS = ["cpu", "sm90", "sm100"]
 #: Keep model slices small on a CPU: at most this many elements per expert matrix.
@@ -16,13 +16,13 @@ SLICE_ELEMENTS = 4_000_000
 
 
 def _supported(cands):
-    return [c for c in cands if c.status in (CHOSEN, SUPPORTED)]
+    return [c for c in cands if c.supported]
 
 
 def test_declarations(moe_host, moe_plugin):
     rec = moe_host.registry.records.get(moe_plugin)
     assert rec is not None, f"plugin {moe_plugin!r} is not installed"
-    assert rec.status == "ok", f"plugin {moe_plugin!r} is broken: {rec.error}"
+    assert rec.status is PluginStatus.OK, f"plugin {moe_plugin!r} is broken: {rec.error}"
     for v in rec.variants:
         assert v.summary.strip(), f"variant {moe_plugin}:{v.name} has no summary"
 

@@ -12,24 +12,25 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from ..dispatch import CONTIGUOUS, STANDARD
 from ..ep import Dispatched, Dispatcher, ep_group
 from ..quant.fp8 import ACT_GROUP, dequantize_fp8_blockwise, quantize_fp8_blockwise
 from ..runner import contiguous_layout, slot_positions, weighted_reduce
 from ..sizes import cdiv
+from ..tokens import Layout, Wire
 
 class RowCodec:
     """Packs (hidden row, top-k ids, top-k weights) into one uint8 row, and back."""
 
-    def __init__(self, hidden: int, top_k: int, wire: str, ue8m0: bool = False):
-        self.hidden, self.top_k, self.wire, self.ue8m0 = hidden, top_k, wire, ue8m0
+    def __init__(self, hidden: int, top_k: int, wire: Wire):
+        self.hidden, self.top_k, self.wire = hidden, top_k, wire
+        self.ue8m0 = wire is Wire.FP8_UE8M0
         groups = cdiv(hidden, ACT_GROUP)
-        self.x_bytes = hidden * 2 if wire == "bf16" else hidden + 4 * groups
+        self.x_bytes = hidden * 2 if wire is Wire.BF16 else hidden + 4 * groups
         self.row_bytes = self.x_bytes + 8 * top_k
 
     def encode(self, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
-        if self.wire == "bf16":
+        if self.wire is Wire.BF16:
             parts = [x.to(torch.bfloat16)]
         else:
             q, scale = quantize_fp8_blockwise(x, 1, ACT_GROUP, ue8m0=self.ue8m0)
@@ -41,7 +42,7 @@ class RowCodec:
         """-> ``(x bf16 [N, H], ids int64 [N, k], weights fp32 [N, k])``."""
         H, k = self.hidden, self.top_k
         x_raw, meta = buf[:, :self.x_bytes], buf[:, self.x_bytes:]
-        if self.wire == "bf16":
+        if self.wire is Wire.BF16:
             x = x_raw.contiguous().view(torch.bfloat16)
         else:
             q = x_raw[:, :H].contiguous().view(torch.float8_e4m3fn)
@@ -59,8 +60,7 @@ class TorchAllToAll(Dispatcher):
         self.ranks, self.local, self.first = spec.ep_size, spec.local_experts, spec.first_expert
         self.layout = plan.dispatch.layout
         self.max_m = plan.dispatch.max_tokens_per_rank * spec.ep_size
-        self.codec = RowCodec(spec.hidden_size, spec.top_k, plan.dispatch.dtype,
-                              plan.dispatch.use_ue8m0 or plan.dispatch.round_scale)
+        self.codec = RowCodec(spec.hidden_size, spec.top_k, plan.dispatch.wire)
 
     def _exchange(self, send: torch.Tensor, send_counts: list[int], recv_counts: list[int]) -> torch.Tensor:
         recv = send.new_empty(sum(recv_counts), *send.shape[1:])
@@ -80,12 +80,12 @@ class TorchAllToAll(Dispatcher):
                                     topk_weights.index_select(0, token))
         rx, rids, rw = self.codec.decode(self._exchange(payload, sent, got))
         route = (token, sent, got, T)
-        if self.layout == STANDARD:
+        if self.layout is Layout.STANDARD:
             return Dispatched(rx, topk_ids=rids, topk_weights=rw, handle=(route, None))
         rows, offsets, _, pairs = contiguous_layout(rx, rids, self.first, self.local)
         counts = offsets.diff()
         order = torch.arange(rows.shape[0], device=rows.device)
-        if self.layout == CONTIGUOUS:
+        if self.layout is Layout.CONTIGUOUS:
             pos = slot_positions(rx.shape[0], rids.shape[1], pairs, order)
             return Dispatched(rows, counts=counts, handle=(route, (pos, rw)))
         # Masked: row i of expert e goes to e * max_m + (i - offsets[e]). Rows past a count

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from moe_core import Variant, Verdict, hookimpl
+from moe_core import Quant, Reason, Variant, Verdict, hookimpl
 
 VARIANT = "chunked"
 PAD_TO = 64
@@ -19,10 +19,10 @@ def moe_variants():
 
 @hookimpl
 def supports_shape(spec):
-    if spec.quant.value != "bf16":
-        return [Verdict.no(VARIANT, f"bf16 weights only, got {spec.quant.value}")]
+    if spec.quant is not Quant.BF16:
+        return [Verdict.no(VARIANT, Reason.QUANT_UNSUPPORTED, f"bf16 weights only, got {spec.quant.value}")]
     if spec.arch != "cpu" and not spec.is_nvidia:
-        return [Verdict.no(VARIANT, f"runs on CPU or NVIDIA CUDA only, not {spec.arch}")]
+        return [Verdict.no(VARIANT, Reason.ARCH_UNSUPPORTED, f"runs on CPU or NVIDIA CUDA only, not {spec.arch}")]
     size = padded(spec.intermediate_per_partition)
     note = f"; intermediate {spec.intermediate_per_partition} padded to {size}" if size != spec.intermediate_per_partition else ""
     return [Verdict.yes(VARIANT, f"bf16 chunked matmuls{note}", padded_intermediate=size)]

@@ -3,13 +3,13 @@
 
 from moe_core import DISPATCHER, Variant, Verdict, hookimpl
 
-from .constraints import LOW_LATENCY, NORMAL, reasons
+from .constraints import LAYOUTS, LOW_LATENCY, MODE, NORMAL, WIRE, reasons
 
-VARIANTS = [
-    Variant(NORMAL, 20, "DeepEP normal mode (NVLink / RDMA; prefill)", kind=DISPATCHER),
-    Variant(LOW_LATENCY, 20, "DeepEP low-latency mode (NVSHMEM / IBGDA; decode, masked layout)",
-            kind=DISPATCHER),
-]
+_SUMMARY = {NORMAL: "DeepEP normal mode (NVLink / RDMA; prefill)",
+            LOW_LATENCY: "DeepEP low-latency mode (NVSHMEM / IBGDA; decode, masked layout)"}
+VARIANTS = [Variant(name, 20, _SUMMARY[name], kind=DISPATCHER, modes=(MODE[name],),
+                    layouts=LAYOUTS[name], wire=WIRE[name], requires=("deep_ep",))
+            for name in (NORMAL, LOW_LATENCY)]
 
 
 @hookimpl
@@ -22,8 +22,8 @@ def supports_dispatch(spec, dispatch):
     out = []
     for v in VARIANTS:
         why = reasons(v.name, spec, dispatch)
-        out.append(Verdict.no(v.name, "; ".join(why)) if why else
-                   Verdict.yes(v.name, f"DeepEP {v.name}: {dispatch.dtype} {dispatch.layout}"))
+        out.append(Verdict.no(v.name, why[0][0], "; ".join(d for _, d in why)) if why else
+                   Verdict.yes(v.name, f"DeepEP {v.name}: {dispatch.wire} {dispatch.layout}"))
     return out
 
 

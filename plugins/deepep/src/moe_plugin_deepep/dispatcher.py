@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import torch
 
-from moe_core.dispatch import STANDARD
+from moe_core import Layout, Wire
 from moe_core.ep import Dispatched, Dispatcher, ep_group
 from moe_core.quant.fp8 import ACT_GROUP, dequantize_fp8_blockwise, quantize_fp8_blockwise
 from moe_core.runner import contiguous_layout, slot_positions, weighted_reduce
 
-from .args import low_latency_kwargs, normal_fp8
+from .args import low_latency_kwargs, fp8_wire
 from .constraints import LOW_LATENCY
 
 
@@ -27,7 +27,7 @@ class DeepEPDispatcher(Dispatcher):
         self.group = ep_group(group, spec)
         self.ranks, self.experts, self.local = spec.ep_size, spec.num_experts, spec.local_experts
         self.first = spec.first_expert
-        self.low_latency = plan.dispatcher.endswith(":" + LOW_LATENCY)
+        self.low_latency = plan.dispatcher.variant == LOW_LATENCY
         self.max_tokens = self.cfg.max_tokens_per_rank
         B = deep_ep.Buffer
         if self.low_latency:
@@ -49,11 +49,11 @@ class DeepEPDispatcher(Dispatcher):
         recv, counts, handle, _, _ = self.buffer.low_latency_dispatch(
             x, topk_ids.long(), self.max_tokens, self.experts, **self.kwargs)
         state = (topk_ids, topk_weights, handle)
-        if self.cfg.dtype == "nvfp4":
+        if self.cfg.wire is Wire.NVFP4:
             # (data, block scales, the input global scale they were made with)
             return Dispatched(None, counts=counts, handle=state,
                               quantized=(*recv[:2], self.kwargs["x_global_scale"]))
-        if self.cfg.dtype == "fp8":
+        if fp8_wire(self.cfg):
             data, scale = recv
             if self.cfg.use_ue8m0:  # packed UE8M0 exponents -> fp32 scales
                 scale = torch.exp2(scale.view(torch.uint8).float() - 127)
@@ -65,7 +65,7 @@ class DeepEPDispatcher(Dispatcher):
     def _dispatch_normal(self, x, topk_ids, topk_weights) -> Dispatched:
         ids = topk_ids.long()
         per_rank, per_rdma, per_expert, in_rank, _ = self.buffer.get_dispatch_layout(ids, self.experts)
-        send = quantize_fp8_blockwise(x, 1, ACT_GROUP) if normal_fp8(self.cfg) else x
+        send = quantize_fp8_blockwise(x, 1, ACT_GROUP) if fp8_wire(self.cfg) else x
         recv, recv_ids, recv_w, _, handle, _ = self.buffer.dispatch(
             send, topk_idx=ids, topk_weights=topk_weights.float(), num_tokens_per_rank=per_rank,
             num_tokens_per_rdma_rank=per_rdma, is_token_in_rank=in_rank,
@@ -73,7 +73,7 @@ class DeepEPDispatcher(Dispatcher):
         if isinstance(recv, tuple):
             recv = dequantize_fp8_blockwise(recv[0], recv[1], 1, ACT_GROUP).to(torch.bfloat16)
         # DeepEP hands back local expert ids (-1: another rank's expert).
-        if self.cfg.layout == STANDARD:
+        if self.cfg.layout is Layout.STANDARD:
             gids = torch.where(recv_ids >= 0, recv_ids + self.first, -1)
             return Dispatched(recv, topk_ids=gids, topk_weights=recv_w, handle=(handle, None))
         rows, offsets, _, pairs = contiguous_layout(recv, recv_ids, 0, self.local)

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from moe_core import A2A, Activation, Overlap, Quant, Regime, Verdict
-from moe_core.availability import missing_module
+from moe_core import A2A, Activation, Layout, Overlap, Quant, Reason, Regime, Verdict, Wire
 
 CONTIGUOUS, MASKED = "contiguous", "masked"
 CONTIGUOUS_FUSED, MASKED_FUSED = "contiguous_fused", "masked_fused"
@@ -22,63 +21,65 @@ FUSED_TILE = 4
 #: ``group * M + offset``: a buffer of M rows per expert not a multiple of 128 lets one
 #: expert's last tile overwrite the next expert's rows (measured on the H100).
 MASKED_ROWS = 128
-_CONTIGUOUS_A2A = (A2A.NONE, A2A.DEEPEP_NORMAL, A2A.TORCH_A2A)
+#: Layouts each variant takes, best first (the standard one: tokens on the rank, grouped here).
+LAYOUTS = {CONTIGUOUS: (Layout.CONTIGUOUS, Layout.STANDARD), MASKED: (Layout.MASKED, Layout.STANDARD)}
+#: fp8_block128 layers take FP8 tokens (the 1x128 groups DeepGEMM quantizes to anyway).
+WIRE = (Wire.FP8, Wire.BF16)
 
 
-def _common(spec) -> str | None:
+Why = tuple[Reason, str]
+
+
+def _common(spec) -> Why | None:
     """Why no DeepGEMM variant can run ``spec`` for its shape (None if some may)."""
     if spec.sm in (100, 103):
-        return ("SM100 is not offered: its masked tiles follow the runtime M alignment with A/B "
+        return (Reason.NOT_IMPLEMENTED,
+                "SM100 is not offered: its masked tiles follow the runtime M alignment with A/B "
                 "swapped (unverified: no SM100 test machine), and its fp8 takes power-of-two "
                 "(UE8M0) scales, where re-rounding fp8 weights measured 7.8e-2 relative error "
                 "against the reference (above the 6e-2 fp8 tolerance)")
     if spec.sm != 90:
-        return f"needs an NVIDIA SM90 GPU for DeepGEMM's kernels, found {spec.arch}"
+        return Reason.ARCH_UNSUPPORTED, f"needs an NVIDIA SM90 GPU for DeepGEMM's kernels, found {spec.arch}"
     if spec.quant not in ALIGN:
-        return f"weights must be bf16 or fp8_block128, got {spec.quant.value}"
+        return Reason.QUANT_UNSUPPORTED, f"weights must be bf16 or fp8_block128, got {spec.quant.value}"
     if spec.act_dtype != "bf16":
-        return f"DeepGEMM reads and writes bf16 activations, got {spec.act_dtype}"
+        return Reason.ACT_DTYPE_UNSUPPORTED, f"DeepGEMM reads and writes bf16 activations, got {spec.act_dtype}"
     if spec.has_bias:
-        return "expert biases are not supported by DeepGEMM's grouped GEMMs"
+        return Reason.BIAS_UNSUPPORTED, "expert biases are not supported by DeepGEMM's grouped GEMMs"
     align, inter = ALIGN[spec.quant], spec.intermediate_per_partition
     for name, size in (("hidden", spec.hidden_size), ("intermediate per partition", inter)):
         if size % align:
-            return (f"{name} {size} is not a multiple of {align} "
+            return (Reason.SHAPE_UNALIGNED, f"{name} {size} is not a multiple of {align} "
                     f"({'fp8 128x128 weight blocks' if align == 128 else 'bf16 GEMM K alignment'})")
     return None
 
 
-def _layout(spec, variant_layout: str) -> str | None:
-    if variant_layout == CONTIGUOUS:
-        if spec.a2a not in _CONTIGUOUS_A2A:
-            return f"a2a {spec.a2a.value} delivers the masked layout; the masked variant takes it"
-        return None
-    if spec.a2a is A2A.DEEPEP_LL:
+def _masked(spec) -> Why | None:
+    if spec.a2a is not A2A.NONE:  # tokens travel: the masked buffer holds every rank's tokens
         rows = spec.max_tokens * spec.ep_size
         if rows % MASKED_ROWS:
-            return (f"DeepEP's masked buffer has N = {rows} rows per expert ({spec.max_tokens} tokens "
-                    f"x {spec.ep_size} ranks); DeepGEMM's masked GEMM needs N % {MASKED_ROWS} == 0")
-        return None
-    if spec.a2a is A2A.NONE and spec.token_regime is Regime.DECODE:
-        return None
-    return (f"the masked layout is for DeepEP low-latency or decode batches of <= 256 tokens; "
-            f"this is a2a {spec.a2a.value}, {spec.token_regime.value}")
+            return (Reason.SHAPE_UNALIGNED,
+                    f"a dispatcher's masked buffer has N = {rows} rows per expert ({spec.max_tokens} "
+                    f"tokens x {spec.ep_size} ranks); DeepGEMM's masked GEMM needs N % {MASKED_ROWS} == 0")
+    return None
 
 
-def _activation(spec, fused: bool) -> str | None:
+def _activation(spec, fused: bool) -> Why | None:
     if fused:
         if spec.quant is not Quant.FP8_BLOCK128:
-            return "the fused activation + FP8 quant is for fp8_block128 layers"
+            return Reason.QUANT_UNSUPPORTED, "the fused activation + FP8 quant is for fp8_block128 layers"
         if spec.activation not in (Activation.SILU_GATED, Activation.SWIGLU_LIMIT):
-            return f"the fused kernel computes SiLU-gated activations, not {spec.activation.value}"
+            return (Reason.ACTIVATION_UNSUPPORTED,
+                    f"the fused kernel computes SiLU-gated activations, not {spec.activation.value}")
         groups = spec.intermediate_per_partition // 128
         if groups % FUSED_TILE:
-            return (f"fused activation needs G % 4 == 0; G = {groups} groups of 128 in the "
+            return (Reason.SHAPE_UNALIGNED,
+                    f"fused activation needs G % 4 == 0; G = {groups} groups of 128 in the "
                     f"intermediate per partition {spec.intermediate_per_partition}")
         return None  # rows: multiples of 128 in every layout we run (MASKED_ROWS, alignment)
     if spec.activation is Activation.SWIGLU_LIMIT:
-        return ("a SwiGLU clamp limit is applied only by the fused activation kernel; "
-                "the unfused path has none")
+        return (Reason.ACTIVATION_UNSUPPORTED, "a SwiGLU clamp limit is applied only by the fused "
+                                               "activation kernel; the unfused path has none")
     return None
 
 
@@ -91,17 +92,20 @@ def _overlap(spec) -> Overlap | None:
 
 def verdicts(spec) -> list[Verdict]:
     common = _common(spec)
+    decode = spec.token_regime is Regime.DECODE
     out = []
     for name in VARIANTS:
         layout = MASKED if name.startswith(MASKED) else CONTIGUOUS
-        # Shape reasons first, so machines without deep_gemm still explain S1-style choices.
-        why = (common or _layout(spec, layout) or _activation(spec, name.endswith("_fused"))
-               or missing_module("deep_gemm"))
+        why = (common or (_masked(spec) if layout == MASKED else None)
+               or _activation(spec, name.endswith("_fused")))
         if why:
-            out.append(Verdict.no(name, why))
+            out.append(Verdict.no(name, *why))
             continue
-        decode_masked = layout == MASKED and spec.a2a is A2A.NONE
+        # The masked GEMM over [E, M, H] buffers is for decode-sized batches: grouping a
+        # prefill batch into it locally would waste most of each buffer.
+        takes = LAYOUTS[layout] if layout == CONTIGUOUS or decode else (Layout.MASKED,)
         out.append(Verdict.yes(
             name, f"DeepGEMM {layout} {spec.quant.value} grouped GEMM on {spec.arch}",
-            preference=1.0 if decode_masked else 0.0, overlap=_overlap(spec)))
+            preference=1.0 if layout == MASKED and decode else 0.0, overlap=_overlap(spec),
+            layouts=takes))
     return out

@@ -33,7 +33,6 @@ class DeepGemmRunner(GroupedRunner):
         s = self.spec
         self.expected_m = max(1, -(-s.max_tokens * s.ep_size * s.top_k // s.num_experts))
         #: (block_m, threshold) of the last masked down GEMM, only when overlap is on (S5).
-        self.overlap_result = None
 
     # -- pieces --------------------------------------------------------------------
     def _activation(self, h: torch.Tensor, counts: torch.Tensor | None = None):
@@ -101,9 +100,7 @@ class DeepGemmRunner(GroupedRunner):
         mm = masked_m.to(torch.int32).contiguous()
         a = quantize_groups(x, counts=mm) if self.fp8 else x.contiguous()
         h, _ = self._gemm(a, "w13", None, masked_m=mm)
-        y, ret = self._gemm(self._activation(h, mm), "w2", None, masked_m=mm)
-        # S5: the masked GEMM returns overlap metadata only when given overlap arguments;
-        # read it only when the plan enabled down-GEMM overlap, never because SBO is on.
-        if self.plan.overlap.down_gemm:
-            self.overlap_result = tuple(ret)
+        # S5: the masked GEMM returns overlap metadata only when given overlap arguments,
+        # which this plugin never passes (its plans have no down-GEMM overlap): nothing to read.
+        y, _ = self._gemm(self._activation(h, mm), "w2", None, masked_m=mm)
         return y  # rows past masked_m are unspecified, as DeepEP's combine expects

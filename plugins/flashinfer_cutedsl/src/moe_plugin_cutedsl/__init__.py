@@ -1,18 +1,19 @@
-"""FlashInfer CuTe-DSL NVFP4 MoE for moe-core: v1 on DeepEP low-latency's masked layout, v2 on
-the standard runner path. Resolution picks the variant from the spec's a2a mode (scenario
-S3); weight layout and dispatcher settings follow the variant. Blackwell (SM100+) only;
-``flashinfer`` is imported only when a runner is built."""
-
-import dataclasses
+"""FlashInfer CuTe-DSL NVFP4 MoE for moe-core: v1 on a dispatcher's masked layout (DeepEP
+low-latency), v2 on the standard layout. Resolution picks the variant from the layouts the
+spec's a2a mode delivers (scenario S3); weight layout and wire format follow the variant.
+Blackwell (SM100+) only; ``flashinfer`` is imported only when a runner is built."""
 
 from moe_core import Variant, Verdict, hookimpl
 
-from .constraints import V1, V2, reasons
+from .constraints import LAYOUTS, REQUIRES, V1, V2, WIRE, reasons
 
-VARIANTS = [
-    Variant(V1, 25, "masked CuTe-DSL MoE straight on DeepEP low-latency's layout"),
-    Variant(V2, 25, "standard runner path (tokens stay on the rank)"),
-]
+_SUMMARY = {V1: "masked CuTe-DSL MoE straight on DeepEP low-latency's layout",
+            V2: "standard runner path (the grouped GEMMs on locally grouped tokens)"}
+_YES = {V1: "NVFP4 masked grouped GEMMs on a dispatcher's masked layout; [Gate, Up] w13, "
+            "swizzled block scales, no autotune run",
+        V2: "NVFP4 grouped GEMMs; w13 halves interleaved by 64, block scales in the MMA layout"}
+VARIANTS = [Variant(name, 25, _SUMMARY[name], layouts=LAYOUTS[name], wire=WIRE[name],
+                    requires=REQUIRES) for name in (V1, V2)]
 
 
 @hookimpl
@@ -22,32 +23,10 @@ def moe_variants():
 
 @hookimpl
 def supports_shape(spec):
-    out = []
-    for v in VARIANTS:
-        why = reasons(v.name, spec)
-        if why:
-            out.append(Verdict.no(v.name, "; ".join(why)))
-        elif v.name == V1:
-            out.append(Verdict.yes(V1, "NVFP4 masked grouped GEMMs on DeepEP's masked layout; "
-                                       "[Gate, Up] w13, swizzled block scales, no autotune run",
-                                   autotune=False))
-        else:
-            out.append(Verdict.yes(V2, "NVFP4 grouped GEMMs; w13 halves interleaved by 64, block "
-                                       "scales in the MMA layout", autotune=True))
-    return out
-
-
-@hookimpl
-def configure_dispatcher(plan, dispatcher):
-    """S3: the kernel quantizes internally, so DeepEP moves BF16 with no FP8 options, unless
-    the checkpoint's static input scale lets tokens travel as NVFP4 (with that scale)."""
-    if plan.variant != V1:
-        return None
-    if plan.spec.static_input_scale:
-        return dataclasses.replace(dispatcher, dtype="nvfp4", round_scale=False, use_ue8m0=False,
-                                   nvfp4_global_scale=True)
-    return dataclasses.replace(dispatcher, dtype="bf16", round_scale=False, use_ue8m0=False,
-                               nvfp4_global_scale=False)
+    why = reasons(spec)
+    if why:
+        return [Verdict.no(v.name, why[0][0], "; ".join(d for _, d in why)) for v in VARIANTS]
+    return [Verdict.yes(v.name, _YES[v.name]) for v in VARIANTS]
 
 
 @hookimpl

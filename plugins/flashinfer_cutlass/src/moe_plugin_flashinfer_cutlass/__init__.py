@@ -10,17 +10,25 @@ from __future__ import annotations
 
 from moe_core import Variant, hookimpl
 
-from .constraints import VARIANTS, padded_intermediate, verdicts
+from .constraints import LAYOUTS, REQUIRES, VARIANTS, padded_intermediate, verdicts
 
 
 @hookimpl
 def moe_variants():
-    return [Variant(name, priority, summary) for name, (priority, summary) in VARIANTS.items()]
+    return [Variant(name, priority, summary, layouts=LAYOUTS, requires=REQUIRES)
+            for name, (priority, summary) in VARIANTS.items()]
 
 
 @hookimpl
-def supports_shape(spec):
-    return verdicts(spec)
+def probe_environment():
+    from .build import probe
+
+    return probe()
+
+
+@hookimpl
+def supports_shape(spec, env):
+    return verdicts(spec, env)
 
 
 @hookimpl

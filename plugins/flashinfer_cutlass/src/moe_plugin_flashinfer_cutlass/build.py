@@ -170,7 +170,7 @@ def module_spec(kind: str):
 
 
 # -- build state, cheap to query ----------------------------------------------------------
-@lru_cache(maxsize=1)  # read per resolution (build_note); fixed for the process
+@lru_cache(maxsize=1)  # read per stamp (probe and build); fixed for the process
 def _flashinfer_version() -> str | None:
     try:
         return metadata.version("flashinfer-python")
@@ -192,9 +192,19 @@ def built(kind: str) -> dict | None:
     return stamp if Path(stamp.get("library", "")).exists() else None
 
 
-def build_note(kind: str) -> str | None:
+def stamp_fact(kind: str) -> str:
+    """The environment fact (``probe_environment``) saying whether ``kind`` is built."""
+    return f"flashinfer_cutlass.built.{kind}"
+
+
+def probe() -> dict[str, str]:
+    """Build stamps as environment facts, read once per host."""
+    return {stamp_fact(kind): "yes" if built(kind) else "no" for kind in KINDS}
+
+
+def build_note(kind: str, env) -> str | None:
     """What ``moe explain`` says about a variant's compile state (None: built, or no build)."""
-    if kind not in KINDS or built(kind):
+    if kind not in KINDS or env.fact(stamp_fact(kind)) == "yes":
         return None
     secs = MEASURED_SECONDS.get(kind)
     cost = f" (measured {secs / 60:.1f} min on a 16-core H100 host)" if secs else ""
