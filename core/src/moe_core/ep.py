@@ -101,7 +101,7 @@ class DispatchedLayer:
             y = self.layer.run_contiguous(d.x, offsets_from_counts(d.counts))
         else:
             # Received rows may exceed max_tokens (they come from every rank): skip that check.
-            y = self.layer.runner(d.x, d.topk_weights, d.topk_ids)
+            y = self.layer.run_standard(d.x, d.topk_weights, d.topk_ids)
         out = self.dispatcher.combine(y, d)
         if tuple(out.shape) != tuple(x.shape):
             raise PluginError(f"dispatcher {self.plan.dispatcher} combined to {tuple(out.shape)}; "

@@ -52,6 +52,15 @@ class PluginError(MoEError):
     """A plugin broke a hook's contract (wrong return type, raised, missing hook)."""
 
 
+class WeightsMutated(PluginError):
+    """A plugin wrote into the caller's weight tensors; ``names`` lists them."""
+
+    def __init__(self, plugin: str, names: list[str]):
+        self.plugin, self.names = plugin, names
+        super().__init__(f"process_weights of {plugin!r} modified the caller's {', '.join(names)} "
+                         "(it must leave its inputs unchanged)")
+
+
 class ResolutionError(MoEError):
     """Resolution did not produce a plan. ``resolution`` holds the full trace."""
 

@@ -10,17 +10,22 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 from .declare import Overlap, Reason, Variant, Verdict
 from .dispatch import DispatchConfig
 from .environment import Environment
-from .errors import BackendUnavailable, InputError, NoBackendError, PluginError, ResolutionError
+from .errors import (BackendUnavailable, InputError, NoBackendError, PluginError, ResolutionError,
+                     WeightsMutated)
+from .isolation import HookFailed, HookTimeout, debug_from_env, timeout_from_env
+from .isolation import call as isolated
 from .plan import Backend, Candidate, Plan, Resolution, Status
 from .registry import PluginStatus, Registry, _describe_exc
 from .spec import A2A, MoESpec
 from .tokens import MODE_LAYOUTS, Layout, Wire, lossless_wires
-from .weights import MoEWeights, validate_weights
+from .weights import MoEWeights, changed, fingerprint, validate_processed, validate_weights
 
 ENV_FORCE = "MOE_BACKEND"
 ENV_DISABLE = "MOE_DISABLE"
@@ -82,6 +87,34 @@ def _undeliverable(variant: Variant, spec: MoESpec, cfg: DispatchConfig) -> tupl
     return None
 
 
+@dataclass(frozen=True)
+class _Failure:
+    """Why a plugin's answer is unusable, and (debug mode) where its code raised."""
+
+    reason: str
+    debug: str | None = None
+
+
+class _LRU(OrderedDict):
+    """A dict that forgets its least recently used entries beyond ``size``."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.size = size
+
+    def get(self, key, default=None):
+        if key in self:
+            self.move_to_end(key)
+            return self[key]
+        return default
+
+    def __setitem__(self, key, value) -> None:
+        super().__setitem__(key, value)
+        self.move_to_end(key)
+        if len(self) > self.size:
+            self.popitem(last=False)
+
+
 class _Declined(Exception):
     """The host declines a runner candidate it cannot derive a dispatch for."""
 
@@ -95,24 +128,47 @@ class Host:
 
     The environment (importable kernel modules, plugins' build stamps) is probed once,
     here, and frozen; :func:`moe_core.environment.assume_installed` extends it per call.
+
+    :param hook_timeout: seconds a decision hook may run before its plugin counts as broken
+        for that call (default ``$MOE_HOOK_TIMEOUT`` or 10; 0: no limit).
+    :param debug: keep failing hooks' tracebacks in traces (default ``$MOE_DEBUG``).
+    :param cache_size: resolutions kept (least recently used dropped); plugin answers
+        are kept for four times as many keys.
     """
 
-    def __init__(self, registry: Registry | None = None, env: Environment | None = None):
+    def __init__(self, registry: Registry | None = None, env: Environment | None = None, *,
+                 hook_timeout: float | None = None, debug: bool | None = None,
+                 cache_size: int = 4096):
+        self.hook_timeout = timeout_from_env() if hook_timeout is None else hook_timeout
+        self.debug = debug_from_env() if debug is None else debug
         self.registry = registry if registry is not None else Registry.discover()
         self.env = env if env is not None else self._probe()
-        self._answers: dict[tuple[Any, ...], dict[str, Verdict] | str] = {}
-        self._resolutions: dict[tuple[Any, ...], Resolution] = {}
+        self._answers: _LRU = _LRU(4 * cache_size)
+        self._resolutions: _LRU = _LRU(cache_size)
+
+    def _decide(self, plugin: str, hook: str, **kwargs: Any) -> Any:
+        """A decision hook of one plugin, isolated and time-limited (see :mod:`.isolation`)."""
+        return isolated(lambda: self.registry.call(plugin, hook, **kwargs), self.hook_timeout)
+
+    def _failure(self, hook: str, e: Exception) -> _Failure:
+        if isinstance(e, HookFailed):
+            where = f" (at {e.where})" if self.debug else ""
+            return _Failure(f"{hook} failed: {e}{where}", e.traceback if self.debug else None)
+        if isinstance(e, HookTimeout):
+            return _Failure(f"{hook} {e}")
+        return _Failure(f"{hook} failed: {_describe_exc(e)}")
 
     def _probe(self) -> Environment:
         facts: dict[str, str] = {}
         for rec in self.registry.ok():
             try:
-                got = self.registry.call(rec.name, "probe_environment") or {}
-                if not all(isinstance(k, str) and isinstance(v, str) for k, v in dict(got).items()):
+                got = self._decide(rec.name, "probe_environment") or {}
+                if not isinstance(got, dict) or not all(
+                        isinstance(k, str) and isinstance(v, str) for k, v in got.items()):
                     raise PluginError(f"returned {got!r}; expected a mapping of str to str")
                 facts.update(got)
             except Exception as e:
-                self.registry.mark_broken(rec.name, f"probe_environment failed: {_describe_exc(e)}")
+                self.registry.mark_broken(rec.name, self._failure("probe_environment", e).reason)
         modules = {m for rec in self.registry.ok() for v in rec.variants for m in v.requires}
         return Environment.probe(modules, facts)
 
@@ -120,14 +176,15 @@ class Host:
     def _answers_of(self, plugin: str, hook: str, variants, env: Environment, **kwargs):
         """A plugin's verdicts (variant -> Verdict), or why its answer is unusable; cached."""
         key = (plugin, hook, env, *kwargs.values())
-        if key not in self._answers:
+        found = self._answers.get(key)
+        if found is None:
             try:
-                answer = self.registry.call(plugin, hook, env=env, **kwargs)
-                self._answers[key] = _check_verdicts(kwargs["spec"], tuple(v.name for v in variants),
-                                                     answer)
+                answer = self._decide(plugin, hook, env=env, **kwargs)
+                found = _check_verdicts(kwargs["spec"], tuple(v.name for v in variants), answer)
             except Exception as e:
-                self._answers[key] = f"{hook} failed: {_describe_exc(e)}"
-        return self._answers[key]
+                found = self._failure(hook, e)
+            self._answers[key] = found
+        return found
 
     @staticmethod
     def _judge(offers, answers_of, env: Environment, disabled, force_sel=None, force=None,
@@ -143,9 +200,9 @@ class Host:
             for var in variants:
                 no = dict(plugin=rec.name, variant=var.name, priority=var.priority,
                           status=Status.DECLINED)
-                if isinstance(answers, str):
-                    settled.append(Candidate(**{**no, "status": Status.BROKEN}, reason=answers,
-                                             code=Reason.BROKEN))
+                if isinstance(answers, _Failure):
+                    settled.append(Candidate(**{**no, "status": Status.BROKEN}, reason=answers.reason,
+                                             code=Reason.BROKEN, debug=answers.debug))
                     continue
                 ruled_out = undeliverable(var) if undeliverable else None
                 if ruled_out:
@@ -243,9 +300,9 @@ class Host:
                 settled.append(dataclasses.replace(cand, status=Status.DECLINED, reason=str(e),
                                                    code=e.code))
             except Exception as e:
-                settled.append(dataclasses.replace(
-                    cand, status=Status.BROKEN, code=Reason.BROKEN,
-                    reason=f"configure_dispatcher failed: {_describe_exc(e)}"))
+                failure = self._failure("configure_dispatcher", e)
+                settled.append(dataclasses.replace(cand, status=Status.BROKEN, code=Reason.BROKEN,
+                                                   reason=failure.reason, debug=failure.debug))
         settled.sort(key=_trace_order)
         candidates = tuple(ranked + settled)
         if plan is not None:
@@ -300,7 +357,7 @@ class Host:
 
     def _configure(self, plan: Plan, cfg: DispatchConfig, layouts, wires) -> DispatchConfig:
         """The owner's ``configure_dispatcher`` on the derived ``cfg``, checked."""
-        out = self.registry.call(plan.plugin, "configure_dispatcher", plan=plan, dispatcher=cfg)
+        out = self._decide(plan.plugin, "configure_dispatcher", plan=plan, dispatcher=cfg)
         if out is None:
             return cfg
         if not isinstance(out, DispatchConfig):
@@ -326,15 +383,22 @@ class Host:
         return tuple(ranked + settled)
 
     # -- after resolution -----------------------------------------------------------
-    def process_weights(self, plan: Plan, weights: MoEWeights) -> MoEWeights:
-        """Check canonical ``weights`` against the spec, then the owner's ``process_weights``."""
+    def process_weights(self, plan: Plan, weights: MoEWeights, *, verify: bool = False) -> MoEWeights:
+        """Check canonical ``weights`` against the spec, run the owner's ``process_weights``,
+        and check that it left the caller's tensors alone and returned what the plan says.
+
+        :param verify: also compare every byte against a copy taken before (the kit and
+            ``moe run`` do); by default only in-place version counters are compared.
+        """
         validate_weights(plan.spec, weights)
+        before = fingerprint(weights, full=verify)
         out = self.registry.call(plan.plugin, "process_weights", plan=plan, weights=weights)
+        touched = changed(weights, before)
+        if touched:
+            raise WeightsMutated(plan.plugin, touched)
         if out is None:
             return weights
-        if not isinstance(out, MoEWeights):
-            raise PluginError(f"process_weights of {plan.plugin!r} returned {type(out).__name__}; "
-                              "expected MoEWeights or None")
+        validate_processed(plan.spec, out, plan.intermediate_padded, plan.plugin)
         return out
 
     def make_runner(self, plan: Plan, weights: MoEWeights, *, check_values: bool = True):
@@ -368,11 +432,14 @@ class Host:
         return spec if isinstance(spec, Plan) else self.resolve(spec, force=force, disable=disable)
 
     def load(self, spec: MoESpec | Plan, weights: MoEWeights, *, force: str | None = None,
-             disable: Iterable[str] | str | None = None, check_values: bool = True):
+             disable: Iterable[str] | str | None = None, check_values: bool = True,
+             verify: bool = False):
         """Resolve (unless given a plan), process the weights and build this rank's layer
-        (its local experts; token dispatch is :meth:`load_dispatched`)."""
+        (its local experts; token dispatch is :meth:`load_dispatched`). ``verify``: see
+        :meth:`process_weights`."""
         plan = self._plan_for(spec, force, disable)
-        return self.make_runner(plan, self.process_weights(plan, weights), check_values=check_values)
+        return self.make_runner(plan, self.process_weights(plan, weights, verify=verify),
+                                check_values=check_values)
 
     def load_dispatched(self, spec: MoESpec | Plan, weights: MoEWeights, group: Any = None, *,
                         force: str | None = None, disable: Iterable[str] | str | None = None,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .errors import InputError
+from .errors import InputError, PluginError
 from .plan import Plan
 from .runner import LAYOUT_PROTOCOL
 from .tokens import Layout
@@ -25,6 +25,8 @@ class MoELayer:
         #: Also check id ranges and counts (one device sync per call); shapes are always checked.
         self.check_values = check_values
         self.dtype = TORCH_DTYPES[plan.spec.act_dtype]
+        #: Layouts whose runner output has been checked once (shape, dtype, device).
+        self._verified: set[Layout] = set()
 
     def __repr__(self) -> str:
         return f"MoELayer({self.plan.backend}, {self.plan.spec.describe()})"
@@ -44,7 +46,23 @@ class MoELayer:
     def __call__(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
         """Standard layout: ``x [T, H]``, ``topk_weights``/``topk_ids`` ``[T, top_k]`` -> ``[T, H]``."""
         self.check_standard(x, topk_weights, topk_ids)
-        return self.runner(x, topk_weights, topk_ids)
+        return self.run_standard(x, topk_weights, topk_ids)
+
+    def run_standard(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+        """The runner on checked standard inputs (a dispatcher's rows may exceed max_tokens)."""
+        return self._verify(Layout.STANDARD, self.runner(x, topk_weights, topk_ids), x.shape, x.device)
+
+    def _verify(self, layout: Layout, out, shape, device) -> torch.Tensor:
+        """The runner's first output in each layout must be what the contract says."""
+        if layout in self._verified:
+            return out
+        got = (tuple(out.shape), out.dtype, out.device) if isinstance(out, torch.Tensor) else None
+        if got != (tuple(shape), self.dtype, device):
+            raise PluginError(f"the runner of {self.plan.backend} returned "
+                              f"{'a ' + type(out).__name__ if got is None else got} in the {layout} "
+                              f"layout; expected a tensor {(tuple(shape), self.dtype, device)}")
+        self._verified.add(layout)
+        return out
 
     def check_standard(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> None:
         """:class:`InputError` unless this rank's tokens and routing match the plan."""
@@ -90,7 +108,7 @@ class MoELayer:
             if int(offsets[0]) != 0 or int(offsets[-1]) != x.shape[0] or bool((diffs < 0).any()):
                 raise InputError(f"offsets must rise from 0 to the {x.shape[0]} rows of x; got "
                                  f"{offsets.tolist()}")
-        return self.runner.run_contiguous(x, offsets)
+        return self._verify(Layout.CONTIGUOUS, self.runner.run_contiguous(x, offsets), x.shape, x.device)
 
     def run_masked(self, x: torch.Tensor, masked_m: torch.Tensor) -> torch.Tensor:
         """Masked layout: ``x [E_local, M, H]``, ``masked_m [E_local]`` valid rows per expert.
@@ -103,4 +121,4 @@ class MoELayer:
                              f"expected ({E}, M, H) and ({E},) = local experts")
         if self.check_values and bool(((masked_m < 0) | (masked_m > x.shape[1])).any()):
             raise InputError(f"masked_m values must lie in [0, {x.shape[1]}]; got {masked_m.tolist()}")
-        return self.runner.run_masked(x, masked_m)
+        return self._verify(Layout.MASKED, self.runner.run_masked(x, masked_m), x.shape, x.device)

@@ -46,6 +46,8 @@ class Candidate:
     preference: float = 0.0
     #: Why it does not run (None for chosen and supported candidates).
     code: Reason | None = None
+    #: The failing hook's traceback, kept in debug mode (``MOE_DEBUG=1``).
+    debug: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if (self.code is None) != (self.status in (Status.CHOSEN, Status.SUPPORTED)):
@@ -61,9 +63,12 @@ class Candidate:
         return self.status in (Status.CHOSEN, Status.SUPPORTED)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"plugin": self.plugin, "variant": self.variant, "priority": self.priority,
-                "status": self.status.value, "supported": self.supported,
-                "code": self.code.value if self.code else None, "reason": self.reason}
+        out = {"plugin": self.plugin, "variant": self.variant, "priority": self.priority,
+               "status": self.status.value, "supported": self.supported,
+               "code": self.code.value if self.code else None, "reason": self.reason}
+        if self.debug:
+            out["traceback"] = self.debug
+        return out
 
 
 @dataclass(frozen=True, slots=True)

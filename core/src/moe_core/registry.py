@@ -17,7 +17,11 @@ import pluggy
 from . import hookspecs
 from .declare import Variant, VariantKind
 from .errors import PluginError
+from .isolation import HookFailed, HookTimeout, timeout_from_env
+from .isolation import call as isolated
 
+#: moe-core's own plugins: these names belong to these modules, whatever else is installed.
+BUILTIN = {"reference": "moe_core.reference.plugin", "torch": "moe_core.torch_dispatch.plugin"}
 #: Hooks a plugin must implement for each kind of variant it declares.
 _REQUIRED_HOOKS = {VariantKind.RUNNER: ("supports_shape", "make_runner"),
                    VariantKind.DISPATCHER: ("supports_dispatch", "make_dispatcher")}
@@ -71,9 +75,11 @@ class Registry:
     @classmethod
     def discover(cls, group: str = hookspecs.ENTRY_POINT_GROUP) -> "Registry":
         reg = cls()
-        # Sorted so the outcome (which of two same-named plugins wins) never depends on
-        # install order.
-        for ep in sorted(entry_points(group=group), key=lambda e: (e.name, e.value)):
+        # The built-ins first (an impostor of a reserved name is the broken one), then
+        # sorted, so which of two same-named plugins wins never depends on install order.
+        eps = sorted(entry_points(group=group),
+                     key=lambda e: (BUILTIN.get(e.name) != e.value, e.name, e.value))
+        for ep in eps:
             reg.load_entry_point(ep)
         return reg
 
@@ -93,15 +99,19 @@ class Registry:
         dist = getattr(ep, "dist", None)
         meta = dict(distribution=dist.name if dist else None,
                     version=dist.version if dist else None, source=ep.value)
+        if ep.name in BUILTIN and ep.value != BUILTIN[ep.name]:
+            return self._broken(f"{ep.name}@{meta['distribution']}", meta,
+                                f"plugin name {ep.name!r} is reserved for moe-core's built-in "
+                                f"{BUILTIN[ep.name]} (pick another entry-point name)")
         if ep.name in self.records:
             other = self.records[ep.name]
             return self._broken(f"{ep.name}@{meta['distribution']}", meta,
                                 f"plugin name {ep.name!r} is already taken by "
                                 f"{other.distribution or other.source}")
         try:
-            obj = ep.load()
-        except BaseException as e:  # a plugin's import may raise anything, SystemExit included
-            return self._broken(ep.name, meta, f"import failed: {_describe_exc(e)}")
+            obj = isolated(ep.load, 0)  # no limit: a first import may legitimately take long
+        except HookFailed as e:  # an import may raise anything, SystemExit included
+            return self._broken(ep.name, meta, f"import failed: {e}")
         return self.register(obj, ep.name, **meta)
 
     def register(self, obj: Any, name: str, *, distribution: str | None = None,
@@ -115,14 +125,17 @@ class Registry:
         except Exception as e:
             return self._broken(name, meta, f"hook validation failed: {_describe_exc(e)}")
         try:
-            variants = _check_variants(name, self.call(name, "moe_variants"))
+            declared = isolated(lambda: self.call(name, "moe_variants"), timeout_from_env())
+            variants = _check_variants(name, declared)
             for kind in sorted({v.kind for v in variants}):
                 for hook in _REQUIRED_HOOKS[kind]:
                     if not self._implements(name, hook):
                         raise PluginError(f"declares {kind} variants but implements no {hook} hook")
         except Exception as e:
             self.pm.unregister(name=name)
-            return self._broken(name, meta, _describe_exc(e))
+            why = f"moe_variants {e}" if isinstance(e, HookTimeout) else (
+                str(e) if isinstance(e, HookFailed) else _describe_exc(e))
+            return self._broken(name, meta, why)
         rec = PluginRecord(name, PluginStatus.OK, variants, **meta)
         self.records[name] = rec
         return rec

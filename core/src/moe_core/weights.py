@@ -39,7 +39,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import WeightsError
+from .errors import PluginError, WeightsError
 from .sizes import cdiv
 from .spec import MoESpec, Quant
 
@@ -165,3 +165,55 @@ def validate_weights(spec: MoESpec, weights: MoEWeights, intermediate: int | Non
         if t.device.type != want_device:
             raise WeightsError(
                 f"{name} is on {t.device}; expected a {want_device} tensor for arch {spec.arch}")
+
+
+def fingerprint(weights: MoEWeights, *, full: bool) -> dict[str, Any]:
+    """What :func:`changed` compares: each tensor's in-place version counter (cheap: catches
+    every in-place torch op), and with ``full`` a pristine copy too (catches writes that
+    bypass the counter, e.g. through ``.data`` or a kernel's raw pointer)."""
+    return {n: (t._version, t.detach().clone() if full else None) for n, t in weights.tensors().items()}
+
+
+def changed(weights: MoEWeights, before: dict[str, Any]) -> list[str]:
+    """The names of ``weights``' tensors that differ from the :func:`fingerprint` ``before``."""
+    out = []
+    for name, t in weights.tensors().items():
+        version, copy = before.get(name, (None, None))
+        if t._version != version or (copy is not None and not torch_equal_bits(copy, t)):
+            out.append(name)
+    return out
+
+
+def torch_equal_bits(a, b) -> bool:
+    """Bit-for-bit equality (NaNs included), whatever the dtype."""
+    import torch
+
+    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(
+        a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+
+
+def validate_processed(spec: MoESpec, weights: Any, intermediate: int, owner: str) -> None:
+    """Raise :class:`PluginError` unless ``process_weights``' output fits the plan: the same
+    tensors as the canonical layout at the padded ``intermediate`` size, on the spec's device,
+    w13 and w2 holding exactly the padded number of elements (any arrangement of them)."""
+    if not isinstance(weights, MoEWeights):
+        raise PluginError(f"process_weights of {owner!r} returned {type(weights).__name__}; "
+                           "expected MoEWeights or None")
+    expected = expected_tensors(spec, intermediate)
+    given = weights.tensors()
+    missing = [n for n in expected if n not in given]
+    if missing:
+        raise PluginError(f"process_weights of {owner!r} dropped {', '.join(missing)}")
+    want_device = device_type(spec)
+    for name, t in given.items():
+        if getattr(t, "device", None) is None or t.device.type != want_device:
+            raise PluginError(f"process_weights of {owner!r} put {name} on "
+                               f"{getattr(t, 'device', type(t).__name__)}; expected {want_device}")
+    for name in ("w13", "w2"):
+        shape = expected[name][0]
+        want = shape[0] * shape[1] * shape[2]
+        if given[name].numel() != want:
+            raise PluginError(
+                f"process_weights of {owner!r} made {name} {tuple(given[name].shape)} "
+                f"({given[name].numel()} elements); the plan's padded intermediate {intermediate} "
+                f"needs {want} ({shape} in the canonical arrangement)")

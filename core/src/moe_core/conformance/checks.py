@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..arch import detect_arch
-from ..errors import InputError
+from ..errors import InputError, WeightsMutated
 from ..host import Host
 from ..declare import Reason
 from ..plan import Candidate, Plan, Status
@@ -90,8 +90,11 @@ def check_run(host: Host, backend: str, spec: MoESpec, *, tokens: int = 16, seed
     x, tw, ti = random_inputs(spec, tokens, seed=seed + 1)
     try:
         plan = host.resolve(spec, force=backend, disable=())
-        layer = host.load(plan, weights)
+        layer = host.load(plan, weights, verify=True)
         out = _run(layer, plan, x, tw, ti)
+    except WeightsMutated as e:
+        raise ConformanceError(f"{where} it modified the caller's {', '.join(e.names)} in "
+                               "process_weights (it must leave its inputs unchanged)") from e
     except Exception as e:
         raise ConformanceError(f"{where} loading or running it raised {type(e).__name__}: {e}") from e
     ref_layer = host.load(host.resolve(spec, force=REFERENCE, disable=()), weights)
