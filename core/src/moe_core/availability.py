@@ -30,9 +30,19 @@ def assume_installed(modules: str):
             os.environ[ENV_ASSUME] = before
 
 
+_asked: set[str] = set()
+
+
+def asked_modules() -> frozenset[str]:
+    """Every module a plugin has asked :func:`missing_module` about in this process (so
+    ``--assume-installed`` can tell a typo from a third-party plugin's module)."""
+    return frozenset(_asked)
+
+
 def missing_module(name: str) -> str | None:
     """None when ``name`` can be imported (or is assumed installed), else a reason such as
     ``"deep_gemm not importable: no module named 'deep_gemm'"``. Finds, never imports."""
+    _asked.add(name)
     if name in assumed_installed():
         return None
     return _find(name)

@@ -11,7 +11,8 @@ from rich.table import Table
 from .. import Host, availability, default_host
 from ..models import bundled_models
 from ..plan import Resolution
-from .common import build_spec, console, reports_errors, spec_options
+from .common import (ENV_DEBUG, MoEGroup, assume_installed_option, build_spec, check_assumed,
+                     check_backends, console, spec_options)
 from .hf import hf
 from .matrix_cmd import matrix
 from .run_layer import run
@@ -20,9 +21,11 @@ _STATUS_STYLE = {"chosen": "bold green", "supported": "green", "declined": "yell
                  "disabled": "magenta", "not forced": "dim", "broken": "bold red"}
 
 
-@click.group()
+@click.group(cls=MoEGroup)
 @click.version_option(package_name="moe-core")
-def main():
+@click.option("--debug", is_flag=True, envvar=ENV_DEBUG,
+              help=f"Show the traceback of an internal error (also {ENV_DEBUG}=1).")
+def main(debug):
     """Resolve, prepare and run the MoE kernel backend of a layer, and explain the choice."""
 
 
@@ -106,19 +109,18 @@ def _print_candidates(candidates, kind: str) -> None:
 @main.command()
 @spec_options
 @click.option("--json", "as_json", is_flag=True, help="Print {spec, chosen, plan, candidates}.")
-@click.option("--assume-installed", default="", metavar="MODULES",
-              help="Comma-separated kernel modules to treat as installed (plan for another "
-                   "machine, with --arch): e.g. flashinfer,deep_ep. Also $MOE_ASSUME_INSTALLED.")
-@reports_errors
+@assume_installed_option
 def explain(as_json, assume_installed, **o):
     """Why this backend: every candidate with its verdict and reason.
 
     Exits 0 when a backend is chosen, 2 (with the reasons) when none fits.
     """
+    check_backends(o["force"], o["disable"])
     spec = build_spec(o, default_tokens=4096)
     if assume_installed:  # a fresh host: cached answers were given without the assumption
         with availability.assume_installed(assume_installed):
             res = Host().explain(spec, force=o["force"], disable=o["disable"])
+        check_assumed(assume_installed)
     else:
         res = default_host().explain(spec, force=o["force"], disable=o["disable"])
     if as_json:
