@@ -11,6 +11,7 @@ import sys
 from click.testing import CliRunner
 
 from moe_core.cli import main
+from test_cli_run_checks import TINY
 
 ASSUME = ["--assume-installed", "deep_gemm,flashinfer,deep_ep"]
 
@@ -52,8 +53,7 @@ def test_piped_tables_do_not_wrap_mid_phrase():
 
 def test_run_prints_each_stage_as_it_goes_and_json_stays_clean(tmp_path):
     cfg = tmp_path / "config.json"
-    cfg.write_text(json.dumps({"model_type": "qwen3_moe", "num_experts": 8, "num_experts_per_tok": 2,
-                               "hidden_size": 128, "moe_intermediate_size": 64}))
+    cfg.write_text(json.dumps(TINY))
     args = ["run", "-m", str(cfg), "--arch", "cpu", "--tokens", "8", "--iters", "1"]
     r = CliRunner().invoke(main, args, catch_exceptions=False)
     assert r.exit_code == 0, r.output
