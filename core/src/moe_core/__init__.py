@@ -6,6 +6,8 @@ and weight tools import torch when first used.
 
 from __future__ import annotations
 
+import threading
+
 from .declare import DISPATCHER, RUNNER, Overlap, Reason, Variant, VariantKind, Verdict
 from .dispatch import DispatchConfig
 from .environment import Environment, assume_installed
@@ -22,13 +24,17 @@ from .weights import MoEWeights
 __version__ = "0.1.0"
 
 _default_host: Host | None = None
+_default_host_lock = threading.Lock()
 
 
 def default_host() -> Host:
-    """The process-wide host, discovering installed plugins on first use."""
+    """The process-wide host, discovering installed plugins on first use (thread-safe:
+    threads racing on the first call all get the one host)."""
     global _default_host
-    if _default_host is None:
-        _default_host = Host()
+    if _default_host is None:  # checked again under the lock: only the first caller builds
+        with _default_host_lock:
+            if _default_host is None:
+                _default_host = Host()
     return _default_host
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import click
@@ -11,7 +12,9 @@ from rich.table import Table
 from .. import assume_installed as assuming, default_host
 from ..models import bundled_models
 from ..plan import Resolution, Status
-from .common import build_spec, console, reports_errors, spec_options
+from ..isolation import ENV_DEBUG
+from .common import (MoEGroup, assume_installed_option, build_spec, check_assumed, check_backends,
+                     console, spec_options)
 from .hf import hf
 from .matrix_cmd import matrix
 from .run_layer import run
@@ -20,10 +23,15 @@ _STATUS_STYLE = {Status.CHOSEN: "bold green", Status.SUPPORTED: "green", Status.
                  Status.DISABLED: "magenta", Status.NOT_FORCED: "dim", Status.BROKEN: "bold red"}
 
 
-@click.group()
+@click.group(cls=MoEGroup)
 @click.version_option(package_name="moe-core")
-def main():
+@click.option("--debug", is_flag=True, envvar=ENV_DEBUG,
+              help=f"Show the traceback of an internal error, and of every plugin hook that "
+                   f"failed, with its file and line (also {ENV_DEBUG}=1).")
+def main(debug):
     """Resolve, prepare and run the MoE kernel backend of a layer, and explain the choice."""
+    if debug:  # before the default host is built: it keeps hook tracebacks in its traces
+        os.environ[ENV_DEBUG] = "1"
 
 
 @main.command()
@@ -79,6 +87,7 @@ def print_resolution(res: Resolution) -> None:
     p = res.plan
     if p is None:
         console.print("[bold red]no backend can run this spec[/]")
+        _print_tracebacks(res.candidates)
         return
     d = p.dispatch
     console.print(f"[bold green]chosen[/] {p.backend}: {p.reason}", highlight=False)
@@ -92,6 +101,13 @@ def print_resolution(res: Resolution) -> None:
                   f"{' (' + ov.reason + ')' if ov.reason else ''}", highlight=False)
     if p.dispatchers:
         _print_candidates(p.dispatchers, "dispatcher")
+    _print_tracebacks(res.candidates + p.dispatchers)
+
+
+def _print_tracebacks(candidates) -> None:
+    for c in candidates:
+        if c.debug:
+            console.print(f"[bold red]{c.backend}[/] traceback:\n{c.debug}", highlight=False)
 
 
 def _print_candidates(candidates, kind: str) -> None:
@@ -107,16 +123,15 @@ def _print_candidates(candidates, kind: str) -> None:
 @main.command()
 @spec_options
 @click.option("--json", "as_json", is_flag=True, help="Print {spec, chosen, plan, candidates}.")
-@click.option("--assume-installed", default="", metavar="MODULES",
-              help="Comma-separated kernel modules to treat as installed (plan for another "
-                   "machine, with --arch): e.g. flashinfer,deep_ep. Also $MOE_ASSUME_INSTALLED.")
-@reports_errors
+@assume_installed_option
 def explain(as_json, assume_installed, **o):
     """Why this backend: every candidate with its verdict and reason.
 
     Exits 0 when a backend is chosen, 2 (with the reasons) when none fits.
     """
+    check_backends(o["force"], o["disable"])
     spec = build_spec(o, default_tokens=4096)
+    check_assumed(assume_installed)
     with assuming(assume_installed):
         res = default_host().explain(spec, force=o["force"], disable=o["disable"])
     if as_json:

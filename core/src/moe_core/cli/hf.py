@@ -9,9 +9,8 @@ import sys
 import click
 from rich.table import Table
 
-from ..errors import MoEError
 from ..models import load_model_config
-from .common import console, err_console
+from .common import check_backends, console, err_console, positive
 
 #: Relative logit difference allowed (bf16 weights and activations on both sides).
 TOLERANCE = 2e-2
@@ -22,12 +21,14 @@ TOLERANCE = 2e-2
               help="A bundled model (its transformers family is used, shrunk).")
 @click.option("--hf-config", type=click.Path(exists=True, dir_okay=False), default=None,
               help="A Hugging Face config.json instead (its model_type is used, shrunk).")
-@click.option("--layers", default=2, show_default=True)
-@click.option("--experts", default=8, show_default=True)
-@click.option("--hidden", default=128, show_default=True)
-@click.option("--intermediate", default=64, show_default=True, help="Each expert's intermediate size.")
-@click.option("--tokens", default=32, show_default=True)
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda or auto.")
+@click.option("--layers", default=2, show_default=True, type=positive)
+@click.option("--experts", default=8, show_default=True, type=positive)
+@click.option("--hidden", default=128, show_default=True, type=positive)
+@click.option("--intermediate", default=64, show_default=True, type=positive,
+              help="Each expert's intermediate size.")
+@click.option("--tokens", default=32, show_default=True, type=positive)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
+              show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the per-layer report as JSON.")
 def hf(model, hf_config, layers, experts, hidden, intermediate, tokens, device, as_json):
     """Run a small random model of a transformers MoE family through moe-core.
@@ -43,22 +44,22 @@ def hf(model, hf_config, layers, experts, hidden, intermediate, tokens, device, 
     except ImportError as e:
         err_console.print(f"[red]error:[/] {e}. Install the extra: pip install 'moe-core[transformers]'")
         sys.exit(2)
-    try:
-        mt = load_model_config(hf_config or model).model_type
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        torch.manual_seed(0)
-        cfg = tiny_config(mt, layers=layers, experts=experts, hidden=hidden, intermediate=intermediate)
-        net = AutoModelForCausalLM.from_config(cfg).to(device=device, dtype=torch.bfloat16).eval()
-        ids = torch.randint(0, cfg.vocab_size, (1, tokens), device=device)
-        with torch.no_grad():
-            before = net(ids).logits.float()
-            report = apply(net)
-            after = net(ids).logits.float()
-        layer_err = report.layer_errors(net, ids)
-    except MoEError as e:
-        err_console.print(f"[red]error:[/] {e}")
-        sys.exit(2)
+    check_backends(None, None)  # apply() reads $MOE_BACKEND / $MOE_DISABLE
+    mt = load_model_config(hf_config or model).model_type
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    elif device == "cuda" and not torch.cuda.is_available():
+        raise click.BadParameter(f"cuda, but this torch {torch.__version__} sees no CUDA device "
+                                 "(expected cpu or auto here)", param_hint="--device")
+    torch.manual_seed(0)
+    cfg = tiny_config(mt, layers=layers, experts=experts, hidden=hidden, intermediate=intermediate)
+    net = AutoModelForCausalLM.from_config(cfg).to(device=device, dtype=torch.bfloat16).eval()
+    ids = torch.randint(0, cfg.vocab_size, (1, tokens), device=device)
+    with torch.no_grad():
+        before = net(ids).logits.float()
+        report = apply(net)
+        after = net(ids).logits.float()
+    layer_err = report.layer_errors(net, ids)
     err = ((after - before).norm() / before.norm()).item()
     ok = max(layer_err.values()) < TOLERANCE
     if as_json:

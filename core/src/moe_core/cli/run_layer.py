@@ -7,11 +7,11 @@ import os
 import statistics
 import sys
 import time
+from dataclasses import replace
 
 import click
 
-from ..errors import MoEError
-from .common import build_spec, console, err_console, spec_options
+from .common import build_spec, check_backends, console, positive, spec_options, stage
 
 #: Tokens checked against the float64 computation (it is slow by design).
 ORACLE_TOKENS = 32
@@ -37,8 +37,6 @@ def available_bytes(device_type: str) -> int:
 
 def router_for(cfg, spec):
     """The model's router, with expert groups dropped when a slice breaks them."""
-    from dataclasses import replace
-
     r = cfg.router
     if r.n_group and spec.num_experts % r.n_group:
         r = replace(r, n_group=None, topk_group=None)
@@ -60,6 +58,73 @@ def _median_ms(fn, iters: int, sync) -> float:
     return statistics.median(times)
 
 
+def planned_bytes(spec, tokens: int) -> int:
+    """What a run holds at once: :func:`run_memory_bytes` plus the pristine copy of the
+    canonical weights that the checks read."""
+    from ..synthetic import run_memory_bytes, weight_bytes
+
+    return run_memory_bytes(spec, tokens) + weight_bytes(spec)
+
+
+def _largest(lo: int, hi: int, fits) -> int | None:
+    """The largest ``n`` in ``[lo, hi]`` with ``fits(n)`` (true up to some point), or None."""
+    if hi < lo or not fits(lo):
+        return None
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
+
+
+def fitting_advice(spec, tokens: int, budget: float) -> str:
+    """What to change so the run fits ``budget`` bytes: fewer experts when the weights are
+    the problem, fewer tokens when the activations are. Counts stay multiples of the EP size
+    and at least the top-k, so the advice is accepted when followed."""
+    ep = spec.ep_size
+
+    def sliced(k: int):
+        return replace(spec, num_experts=k * ep)
+
+    smallest = -(-spec.top_k // ep)  # in EP groups: at least top-k experts
+    k = _largest(smallest, spec.num_experts // ep - 1,
+                 lambda k: planned_bytes(sliced(k), tokens) <= budget)
+    if k is not None:
+        return f"Run a slice: --experts {k * ep}"
+    for s, also in ((spec, ""), (sliced(smallest), f" with --experts {smallest * ep}")):
+        t = _largest(1, tokens - 1, lambda t: planned_bytes(s, t) <= budget)
+        if t is not None:
+            return f"Lower --tokens to at most {t}{also}"
+    return "Even one token and the smallest slice do not fit: use a machine with more memory"
+
+
+def check_memory(name: str, spec, tokens: int, dev: str) -> tuple[int, int]:
+    """``(planned, available)`` bytes; a usage error with advice when the run would not fit."""
+    need, have = planned_bytes(spec, tokens), available_bytes(dev)
+    if need > MEMORY_SHARE * have:
+        raise click.UsageError(
+            f"{name} ({spec.describe()}) needs about {_gib(need)} on {dev}; {_gib(have)} is "
+            f"available (a run may plan {MEMORY_SHARE:.0%} of it). "
+            f"{fitting_advice(spec, tokens, MEMORY_SHARE * have)}")
+    return need, have
+
+
+def output_problems(out, exact, weights, pristine) -> list[str]:
+    """What is wrong with a run whatever its error says: non-finite output, all zeros where
+    ``exact`` (the first rows' float64 result) is not, or weights the backend changed in
+    place (an error computed from them would look small)."""
+    import torch
+
+    problems = []
+    if not bool(torch.isfinite(out).all()):
+        problems.append("the output holds NaN or Inf")
+    elif not bool(out[:exact.shape[0]].any()) and bool(exact.any()):
+        problems.append("the output is all zeros (the float64 computation is not)")
+    changed = [n for n, t in pristine.tensors().items() if not torch.equal(getattr(weights, n), t)]
+    if changed:
+        problems.append(f"the backend changed the caller's weights in place ({', '.join(changed)})")
+    return problems
+
+
 def _run(o: dict) -> dict:
     import torch
 
@@ -67,9 +132,10 @@ def _run(o: dict) -> dict:
     from ..models import load_model_config
     from ..quant import tolerance
     from ..reference.oracle import float64_layer, relative_error
-    from ..synthetic import random_inputs, random_weights, run_memory_bytes, weight_bytes
+    from ..synthetic import random_inputs, random_weights
     from ..weights import device_type
 
+    quiet = o["as_json"]
     cfg = load_model_config(o["model"])
     spec = build_spec({**o, "model": cfg}, default_tokens=64)
     tokens = spec.max_tokens
@@ -77,40 +143,45 @@ def _run(o: dict) -> dict:
     if dev == "cuda" and not torch.cuda.is_available():
         raise click.UsageError(f"arch {spec.arch} needs a CUDA device and none is present "
                                "(use --arch cpu or --arch auto)")
-    need, have = run_memory_bytes(spec, tokens), available_bytes(dev)
-    if need > MEMORY_SHARE * have:
-        per_expert = max(1, weight_bytes(spec) // spec.local_experts)
-        fit = max(spec.ep_size, int(MEMORY_SHARE * have / (2.2 * per_expert)) // spec.ep_size * spec.ep_size)
-        raise click.UsageError(
-            f"{cfg.name} ({spec.describe()}) needs about {_gib(need)} on {dev}; {_gib(have)} is "
-            f"available (a run may plan {MEMORY_SHARE:.0%} of it). Run a slice: --experts {fit}")
+    need, have = check_memory(cfg.name, spec, tokens, dev)
     host = default_host()
     plan = host.resolve(spec, force=o["force"], disable=o["disable"])
-    weights = random_weights(spec, seed=o["seed"])
-    t0 = time.perf_counter()
-    layer = host.load(plan, weights)
-    load_s = time.perf_counter() - t0
+    with stage(f"random weights for {spec.local_experts} experts ({spec.quant.value}), and a "
+               "pristine copy for the checks", quiet):
+        weights = random_weights(spec, seed=o["seed"])
+        # Cloned before load: a backend that changes its input in place cannot hide it.
+        pristine = weights.replace(**{n: t.clone() for n, t in weights.tensors().items()})
+    with stage(f"load through {plan.backend}", quiet):
+        t0 = time.perf_counter()
+        layer = host.load(plan, weights)
+        load_s = time.perf_counter() - t0
     x, tw, ti = random_inputs(spec, tokens, router=router_for(cfg, spec))
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
-    out = layer(x, tw, ti)  # warm-up (JIT compiles happen here)
-    ms = _median_ms(lambda: layer(x, tw, ti), o["iters"], sync)
+    with stage(f"run {tokens} tokens: warm-up and {o['iters']} timed", quiet):
+        out = layer(x, tw, ti)  # warm-up (JIT compiles happen here)
+        ms = _median_ms(lambda: layer(x, tw, ti), o["iters"], sync)
     result = {"model": cfg.name, "spec": spec.to_dict(), "backend": str(plan.backend), "reason": plan.reason,
               "tokens": tokens, "load_s": load_s, "median_ms": ms,
               "memory_planned_bytes": need, "memory_available_bytes": have, "notes": list(cfg.notes)}
     if plan.plugin != "reference":
-        ref = host.load(host.resolve(spec, force="reference"), weights)(x, tw, ti)
+        with stage("the reference backend on the same inputs", quiet):
+            ref = host.load(host.resolve(spec, force="reference"), pristine)(x, tw, ti)
         result["error_vs_reference"] = relative_error(out, ref)
     n = min(tokens, ORACLE_TOKENS)
-    exact = float64_layer(spec, weights, x[:n], tw[:n], ti[:n], quantize_activations=False)
+    with stage(f"float64 check on {n} tokens", quiet):
+        exact = float64_layer(spec, pristine, x[:n], tw[:n], ti[:n], quantize_activations=False)
     result["error_vs_float64"] = relative_error(out[:n], exact)
     result["tolerance"] = tol = tolerance(spec.quant)
-    result["ok"] = result["error_vs_float64"] <= tol and result.get("error_vs_reference", 0) <= tol
+    result["problems"] = output_problems(out, exact, weights, pristine)
+    result["ok"] = (not result["problems"] and result["error_vs_float64"] <= tol
+                    and result.get("error_vs_reference", 0) <= tol)
     return result
 
 
 @click.command()
 @spec_options
-@click.option("--iters", default=3, show_default=True, help="Timed runs (median reported).")
+@click.option("--iters", default=3, show_default=True, type=positive,
+              help="Timed runs (median reported).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--json", "as_json", is_flag=True)
 def run(iters, seed, as_json, **o):
@@ -118,15 +189,12 @@ def run(iters, seed, as_json, **o):
 
     Weights are random in the canonical layout and quantized as the spec says. The output
     is compared with the reference backend (when another backend ran) and with a float64
-    computation on the first 32 tokens, against the format's tolerance. Exits 1 when an
-    error exceeds it, 2 on bad input.
+    computation on the first 32 tokens, both from a copy of the weights taken before the
+    load, against the format's tolerance. Exits 1 when an error exceeds it or the output is
+    non-finite or all zeros, 2 on bad input.
     """
-    o.update(iters=iters, seed=seed)
-    try:
-        r = _run(o)
-    except MoEError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False)
-        sys.exit(2)
+    check_backends(o["force"], o["disable"])
+    r = _run({**o, "iters": iters, "seed": seed, "as_json": as_json})
     if as_json:
         click.echo(json.dumps(r, indent=2))
     else:
@@ -147,6 +215,11 @@ def run(iters, seed, as_json, **o):
         console.print(f"error     {r['error_vs_float64']:.2e} relative vs float64 on "
                       f"{min(r['tokens'], ORACLE_TOKENS)} tokens (tolerance {r['tolerance']:.2g} "
                       f"for {s['quant']})")
-        console.print("[bold green]OK[/]" if r["ok"] else "[bold red]FAILED: error above tolerance[/]")
+        for problem in r["problems"]:
+            console.print(f"[bold red]FAILED:[/] {problem}", highlight=False)
+        if not r["ok"] and not r["problems"]:
+            console.print("[bold red]FAILED: error above tolerance[/]")
+        elif r["ok"]:
+            console.print("[bold green]OK[/]")
     if not r["ok"]:
         sys.exit(1)

@@ -43,8 +43,22 @@ class ReferenceRunner(GroupedRunner):
         return y
 
     def _grouped(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+        """The loop's computation in bf16 GEMMs: biases added in fp32, as the loop does."""
         w = self.weights
         ends = offsets[1:].to(torch.int32)
-        h = torch._grouped_mm(x, w.w13.transpose(1, 2), offs=ends)
-        a = apply_activation(self.spec, h.float()).to(torch.bfloat16)
-        return torch._grouped_mm(a, w.w2.transpose(1, 2), offs=ends)
+        h = torch._grouped_mm(x, w.w13.transpose(1, 2), offs=ends).float()
+        if w.w13_bias is not None:
+            h = h + _rows_of(w.w13_bias, offsets, x.shape[0])
+        a = apply_activation(self.spec, h).to(torch.bfloat16)
+        y = torch._grouped_mm(a, w.w2.transpose(1, 2), offs=ends)
+        if self.add_w2_bias:
+            y = y.float() + _rows_of(w.w2_bias, offsets, x.shape[0])
+        return y.to(x.dtype)
+
+
+def _rows_of(bias: torch.Tensor, offsets: torch.Tensor, rows: int) -> torch.Tensor:
+    """``[rows, N]`` fp32: each row's expert bias (``bias [E, N]``); zero past the last
+    expert's rows, which a contiguous buffer may carry as padding."""
+    expert = torch.searchsorted(offsets[1:], torch.arange(rows, device=offsets.device), right=True)
+    padded = torch.cat([bias.float(), bias.new_zeros(1, bias.shape[1], dtype=torch.float32)])
+    return padded.index_select(0, expert)
