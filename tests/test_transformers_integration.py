@@ -88,11 +88,13 @@ def test_a_dense_model_is_refused_with_its_class_name():
         apply(AutoModelForCausalLM.from_config(cfg))
 
 
-def test_an_unknown_experts_class_is_named():
+def test_experts_moe_core_cannot_run_are_refused_by_the_feature():
+    """The layout is read from the module's flags; one moe-core does not compute is named."""
     model = tiny_model("qwen3_moe")
     experts = model.model.layers[0].mlp.experts
     experts.__class__ = type("FancyExperts", (type(experts),), {})
-    with pytest.raises(InputError, match="FancyExperts has a layout moe-core does not know"):
+    experts.has_post_expert_norm = True
+    with pytest.raises(InputError, match="FancyExperts.*has_post_expert_norm: a norm after each"):
         apply(model, host=host_with())
 
 

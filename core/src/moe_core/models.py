@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -26,6 +26,20 @@ class RouterConfig:
     topk_group: int | None = None
     renormalize: bool = True
     routed_scaling_factor: float | None = None
+    #: False when the config does not say and the kind is a stand-in (``moe run`` still
+    #: routes its random tokens with it; nothing is checked against it).
+    known: bool = True
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """The routed experts of one decoder layer, where a config gives them per layer."""
+
+    index: int
+    num_experts: int
+    top_k: int
+    moe_intermediate_size: int
+    num_shared_experts: int = 0
 
 
 @dataclass(frozen=True)
@@ -46,18 +60,43 @@ class ModelConfig:
     num_moe_layers: int | None = None
     has_bias: bool = False
     notes: tuple[str, ...] = ()
+    #: Every MoE decoder layer (from a config.json; empty for catalogue records). The
+    #: fields above are the first one's.
+    layers: tuple[LayerShape, ...] = ()
 
     @property
     def expert_hidden(self) -> int:
         """The dimension the routed experts see (the latent size where the model has one)."""
         return self.moe_latent_size or self.hidden_size
 
+    def for_layer(self, index: int) -> "ModelConfig":
+        """This config with decoder layer ``index``'s experts, top-k and sizes."""
+        for shape in self.layers:
+            if shape.index == index:
+                return replace(self, num_experts=shape.num_experts, top_k=shape.top_k,
+                               moe_intermediate_size=shape.moe_intermediate_size,
+                               num_shared_experts=shape.num_shared_experts)
+        moe = [s.index for s in self.layers]
+        raise ModelConfigError(f"{self.name}: layer {index} has no routed experts "
+                               f"(MoE layers: {_ranges(moe) or 'not recorded'})")
+
+
+def _ranges(ids: list[int]) -> str:
+    """``[0, 1, 2, 5]`` -> ``"0-2, 5"``."""
+    out: list[str] = []
+    for i in ids:
+        if out and out[-1].split("-")[-1] == str(i - 1):
+            out[-1] = out[-1].split("-")[0] + f"-{i}"
+        else:
+            out.append(str(i))
+    return ", ".join(out)
+
 
 # Quant names in the catalogue that map onto a spec format, with what we assume.
 _QUANT_ALIASES = {"fp8_compressed_tensors": ("fp8_channel", "compressed-tensors FP8 strategy not "
                                              "recorded; assumed per-channel weights")}
-# Families whose experts carry biases.
-_BIASED = {"gpt_oss"}
+#: Families whose experts carry biases (their configs do not say so).
+BIASED = frozenset({"gpt_oss", "openai_privacy_filter"})
 
 
 def _from_record(r: dict[str, Any]) -> ModelConfig:
@@ -81,7 +120,7 @@ def _from_record(r: dict[str, Any]) -> ModelConfig:
         swiglu_limit=r.get("swiglu_limit"), swiglu_alpha=r.get("swiglu_alpha"),
         num_shared_experts=r.get("num_shared_experts") or 0,
         moe_latent_size=r.get("moe_latent_size"), num_moe_layers=r.get("num_moe_layers"),
-        has_bias=r["model_type"] in _BIASED, notes=tuple(notes),
+        has_bias=r["model_type"] in BIASED, notes=tuple(notes),
     )
 
 
@@ -115,100 +154,33 @@ def load_model_config(name_or_path: str | Path) -> ModelConfig:
     if path.suffix == ".json" or path.is_file():
         if not path.is_file():
             raise ModelConfigError(f"{path}: no such config.json")
-        try:
-            data = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ModelConfigError(f"{path}: not valid JSON ({e})") from None
-        return parse_hf_config(data, name=str(path))
+        return parse_hf_config(read_json(path), name=str(path))
     return find_model(str(name_or_path))
 
 
-def _first(d: dict[str, Any], *keys: str) -> Any:
-    for k in keys:
-        if d.get(k) is not None:
-            return d[k]
-    return None
+def read_json(path: Path) -> Any:
+    """A config file's JSON, or a :class:`ModelConfigError` saying why it is not JSON."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ModelConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); "
+                               "expected a UTF-8 JSON file") from None
+    except OSError as e:
+        raise ModelConfigError(f"{path}: cannot be read ({e.strerror})") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ModelConfigError(f"{path}: not valid JSON ({e}); expected a JSON object") from None
+    except RecursionError:
+        raise ModelConfigError(f"{path}: JSON nested too deeply; expected a config.json object "
+                               "(a few levels deep)") from None
 
 
-def _hf_quant(qc: dict[str, Any] | None) -> Quant:
-    if not qc:
-        return Quant.BF16
-    method = str(qc.get("quant_method", "")).lower()
-    algo = str(qc.get("quant_algo", "")).upper()
-    if method == "mxfp4":
-        return Quant.MXFP4
-    if algo == "NVFP4":
-        return Quant.NVFP4
-    if method == "modelopt" and algo == "FP8":
-        return Quant.FP8_TENSOR
-    if method == "fp8":
-        block = qc.get("weight_block_size")
-        if block == [128, 128]:
-            return Quant.FP8_BLOCK128
-        if block is None:
-            return Quant.FP8_TENSOR
-    if method == "compressed-tensors":
-        groups = qc.get("config_groups") or {}
-        strategies = {g.get("weights", {}).get("strategy") for g in groups.values()}
-        table = {"channel": Quant.FP8_CHANNEL, "tensor": Quant.FP8_TENSOR, "block": Quant.FP8_BLOCK128}
-        if len(strategies) == 1 and (s := strategies.pop()) in table:
-            return table[s]
-    raise ModelConfigError(
-        f"quantization_config {qc!r} is not a format moe-core names "
-        f"(expected one of: {', '.join(q.value for q in Quant)})")
+def parse_hf_config(config: Any, name: str = "config.json") -> ModelConfig:
+    """The MoE layers of a Hugging Face config; see :mod:`moe_core.hf_config`."""
+    from .hf_config import parse_hf_config as parse
 
-
-def parse_hf_config(config: dict[str, Any], name: str = "config.json") -> ModelConfig:
-    """Read the MoE layer of a Hugging Face config (nested ``text_config`` included)."""
-    d = {**config, **(config.get("text_config") or {})}
-    model_type = str(d.get("model_type") or config.get("model_type") or "unknown")
-    experts = _first(d, "num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts")
-    top_k = _first(d, "num_experts_per_tok", "top_k_experts", "moe_topk", "num_experts_per_token")
-    hidden = d.get("hidden_size")
-    inter = _first(d, "moe_intermediate_size", "intermediate_size")
-    missing = [k for k, v in (("num_experts", experts), ("num_experts_per_tok", top_k),
-                              ("hidden_size", hidden), ("moe_intermediate_size", inter)) if v is None]
-    if missing:
-        raise ModelConfigError(f"{name}: not an MoE config (no {', '.join(missing)}; "
-                               f"model_type {model_type!r})")
-    act_name = str(_first(d, "mlp_hidden_act", "hidden_act", "hidden_activation") or "silu").lower()
-    limit = d.get("swiglu_limit")
-    if model_type == "gpt_oss":
-        activation, alpha = Activation.SWIGLU_LIMIT, 1.702  # fixed in gpt-oss's modelling code
-    elif limit is not None:
-        activation, alpha = Activation.SWIGLU_LIMIT, None
-    elif act_name in ("relu2", "relu_squared"):
-        activation, alpha = Activation.RELU2, None
-    elif act_name.startswith("gelu"):
-        activation, alpha = Activation.GELU_GATED, None
-    elif act_name in ("silu", "swish", "swiglu"):
-        activation, alpha = Activation.SILU_GATED, None
-    else:
-        raise ModelConfigError(f"{name}: hidden_act {act_name!r} is not an activation moe-core names "
-                               f"(expected one of: {', '.join(a.value for a in Activation)})")
-    known = {m.model_type: m.router for m in bundled_models().values()}
-    notes = []
-    if model_type in known:
-        kind = known[model_type].kind
-    elif d.get("scoring_func") == "sigmoid":
-        kind = "sigmoid_grouped_topk"
-    else:
-        kind = "softmax_topk"
-        notes.append(f"router of model_type {model_type!r} unknown; assumed softmax_topk")
-    renorm = _first(d, "norm_topk_prob", "renormalize")
-    router = RouterConfig(kind, d.get("n_group"), d.get("topk_group"),
-                          bool(renorm) if renorm is not None else kind != "softmax_topk",
-                          d.get("routed_scaling_factor"))
-    shared = _first(d, "n_shared_experts", "num_shared_experts") or (
-        1 if d.get("shared_expert_intermediate_size") else 0)
-    return ModelConfig(
-        name=name, model_type=model_type, num_experts=int(experts), top_k=int(top_k),
-        hidden_size=int(hidden), moe_intermediate_size=int(inter), activation=activation,
-        quant=_hf_quant(config.get("quantization_config") or d.get("quantization_config")),
-        router=router, swiglu_limit=limit if activation is Activation.SWIGLU_LIMIT else None,
-        swiglu_alpha=alpha, num_shared_experts=int(shared), moe_latent_size=d.get("moe_latent_size"),
-        num_moe_layers=d.get("num_hidden_layers"), has_bias=model_type in _BIASED, notes=tuple(notes),
-    )
+    return parse(config, name)
 
 
 def spec_for_model(
@@ -226,14 +198,19 @@ def spec_for_model(
     sbo: bool = False,
     down_gemm_overlap: bool = False,
     static_input_scale: bool = False,
+    layer: int | None = None,
 ) -> MoESpec:
     """The spec of one routed-expert layer of ``model`` on ``rank``.
 
     :param quant: None for the model's own format, or another format to re-quantize to.
     :param arch: ``"auto"`` detects the local device (imports torch).
     :param experts: keep only this many experts (a slice, for running big models small).
+    :param layer: the decoder layer, where a config gives sizes per layer (default: the first
+        MoE layer).
     """
     cfg = model if isinstance(model, ModelConfig) else load_model_config(model)
+    if layer is not None:
+        cfg = cfg.for_layer(layer)
     num_experts = cfg.num_experts if experts is None else experts
     return MoESpec(
         num_experts=num_experts, top_k=min(cfg.top_k, num_experts) if experts else cfg.top_k,

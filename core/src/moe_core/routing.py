@@ -6,8 +6,8 @@ import torch
 
 from .models import RouterConfig
 
-ROUTERS = ("softmax_topk", "topk_softmax", "sigmoid_grouped_topk", "sigmoid_topk_bias",
-           "top1_sigmoid", "sparsemixer")
+ROUTERS = ("softmax_topk", "softmax_topk_bias", "topk_softmax", "sigmoid_grouped_topk",
+           "sigmoid_topk_bias", "top1_sigmoid", "sparsemixer")
 
 
 def route(logits: torch.Tensor, router: RouterConfig, top_k: int,
@@ -15,7 +15,8 @@ def route(logits: torch.Tensor, router: RouterConfig, top_k: int,
     """Pick ``top_k`` experts per token.
 
     :param logits: ``[T, E]`` router logits.
-    :param correction_bias: ``[E]`` score bias of the sigmoid routers (selection only).
+    :param correction_bias: ``[E]`` score bias of the sigmoid routers and of
+        ``softmax_topk_bias`` (ERNIE-4.5), for the selection only.
     :return: ``(weights fp32 [T, k], ids int64 [T, k])``.
     """
     kind = router.kind
@@ -26,6 +27,13 @@ def route(logits: torch.Tensor, router: RouterConfig, top_k: int,
         # topk_softmax (softmax over the selected logits) == softmax_topk renormalized.
         w, ids = torch.softmax(logits, -1).topk(top_k, dim=-1)
         if router.renormalize or kind == "topk_softmax":
+            w = w / w.sum(-1, keepdim=True)
+    elif kind == "softmax_topk_bias":
+        probs = torch.softmax(logits, -1)
+        choice = probs if correction_bias is None else probs + correction_bias.float()
+        ids = choice.topk(top_k, dim=-1).indices
+        w = probs.gather(1, ids)
+        if router.renormalize:
             w = w / w.sum(-1, keepdim=True)
     elif kind == "top1_sigmoid":
         w, ids = logits.topk(top_k, dim=-1)

@@ -11,6 +11,7 @@ modules back.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,87 +25,173 @@ from ..plan import Plan, Resolution
 from ..spec import Activation, MoESpec
 from ..weights import MoEWeights
 
-_ACTIVATIONS = {"silu": Activation.SILU_GATED, "swish": Activation.SILU_GATED,
-                "gelu": Activation.GELU_GATED, "gelu_pytorch_tanh": Activation.GELU_GATED}
 _DTYPE_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
+
+
+class UnsupportedExperts(InputError):
+    """An experts module that computes something moe-core does not; ``feature`` names it."""
+
+    def __init__(self, where: str, feature: str, detail: str):
+        self.feature = feature
+        super().__init__(f"{where}: {feature}: {detail}")
 
 
 @dataclass(frozen=True)
 class ExpertsLayout:
-    """How one transformers experts class stores its weights."""
+    """How one transformers experts module stores its weights and what it computes: the
+    flags ``@use_experts_implementation`` puts on the module, read generically."""
 
     #: ``gate_up_proj`` is ``[E, H, 2I]`` (in x out) rather than ``[E, 2I, H]``.
     transposed: bool = False
     #: Gate and up alternate (gate at even columns) rather than ``[Gate; Up]``.
     interleaved: bool = False
-    #: gpt-oss's clamped SwiGLU (``limit``/``alpha`` on the module) with biases.
-    swiglu_limit: bool = False
+    #: ``gate_up_proj_bias`` / ``down_proj_bias`` are added.
+    has_bias: bool = False
+    #: ``gate_up_proj`` holds gate and up (False: ``up_proj`` only, a non-gated MLP).
+    gated: bool = True
+    #: DBRX's ``mlp.w1 / v1 / w2`` 2-D stacks instead of 3-D parameters.
+    dbrx: bool = False
 
 
-#: The experts classes whose layout is known, by class name.
-KNOWN: dict[str, ExpertsLayout] = {
-    "Qwen3MoeExperts": ExpertsLayout(), "Qwen2MoeExperts": ExpertsLayout(),
-    "MixtralExperts": ExpertsLayout(), "OlmoeExperts": ExpertsLayout(),
-    "DeepseekV3Experts": ExpertsLayout(), "DeepseekV2Experts": ExpertsLayout(),
-    "Qwen3NextExperts": ExpertsLayout(), "Glm4MoeExperts": ExpertsLayout(),
-    "GptOssExperts": ExpertsLayout(transposed=True, interleaved=True, swiglu_limit=True),
-}
+def _param3(module: torch.nn.Module, name: str) -> bool:
+    p = getattr(module, name, None)
+    return isinstance(p, torch.Tensor) and p.dim() == 3
 
 
 def _is_experts(module: torch.nn.Module) -> bool:
-    return type(module).__name__.endswith("Experts") or (
-        isinstance(getattr(module, "gate_up_proj", None), torch.Tensor)
-        and isinstance(getattr(module, "down_proj", None), torch.Tensor))
+    return (_param3(module, "down_proj") and (_param3(module, "gate_up_proj") or _param3(module, "up_proj"))) \
+        or isinstance(getattr(getattr(module, "mlp", None), "w1", None), torch.Tensor)
+
+
+def experts_layout(module: torch.nn.Module, where: str = "") -> ExpertsLayout:
+    """The module's layout, or :class:`UnsupportedExperts` naming what moe-core cannot run."""
+    where = where or type(module).__name__
+    if getattr(module, "has_post_expert_norm", False):
+        raise UnsupportedExperts(where, "has_post_expert_norm",
+                                 "a norm after each expert's down projection; expected none")
+    params = list(inspect.signature(module.forward).parameters)
+    if len(params) < 3:
+        raise UnsupportedExperts(where, "forward", f"forward({', '.join(params)}) takes tokens "
+                                 "already grouped per expert (the router's weights applied by the "
+                                 "caller); expected forward(hidden_states, top_k_index, top_k_weights)")
+    if isinstance(getattr(getattr(module, "mlp", None), "w1", None), torch.Tensor):
+        return ExpertsLayout(dbrx=True)
+    gated = _param3(module, "gate_up_proj")
+    if not gated and not _param3(module, "up_proj"):
+        raise UnsupportedExperts(where, "gate_up_proj", "expected 3-D gate_up_proj (or up_proj) "
+                                 "and down_proj expert stacks")
+    w = module.gate_up_proj if gated else module.up_proj
+    E, a, b = w.shape
+    transposed = getattr(module, "is_transposed", None)
+    if transposed is None:  # not decorated: the down projection's shape tells
+        transposed = module.down_proj.shape[1] == b // (2 if gated else 1) != a
+    return ExpertsLayout(transposed=bool(transposed),
+                         interleaved=not getattr(module, "is_concatenated", True),
+                         has_bias=bool(getattr(module, "has_bias", False)) or
+                         isinstance(getattr(module, "gate_up_proj_bias", None), torch.Tensor),
+                         gated=gated)
+
+
+def _act_name(fn: Any) -> str:
+    return getattr(fn, "__name__", None) or type(fn).__name__
+
+
+_GATED_ACTS = {"SiLUActivation": Activation.SILU_GATED, "SiLU": Activation.SILU_GATED,
+               "silu": Activation.SILU_GATED, "PytorchGELUTanh": Activation.GELU_GATED,
+               "GELUTanh": Activation.GELU_GATED, "NewGELUActivation": Activation.GELU_GATED}
+_PLAIN_ACTS = {"ReLUSquaredActivation": Activation.RELU2}
+
+
+def experts_activation(module: torch.nn.Module, layout: ExpertsLayout,
+                       where: str = "") -> tuple[Activation, float | None, float | None]:
+    """``(activation, swiglu_limit, swiglu_alpha)`` the module computes."""
+    where = where or type(module).__name__
+    act = getattr(module, "act_fn", None) or getattr(getattr(module, "mlp", None), "activation_fn", None)
+    if not layout.gated:
+        kind = _PLAIN_ACTS.get(_act_name(act))
+        if kind is None:
+            raise UnsupportedExperts(where, "act_fn", f"non-gated experts with {_act_name(act)}; "
+                                     "expected relu2")
+        return kind, None, None
+    gate = getattr(type(module), "_apply_gate", None)
+    custom = gate is not None and gate.__module__ != "transformers.integrations.moe"
+    limit = next((getattr(module, k) for k in ("limit", "swiglu_limit")
+                  if isinstance(getattr(module, k, None), (int, float))), None)
+    alpha = next((getattr(module, k) for k in ("alpha", "swiglu_alpha")
+                  if isinstance(getattr(module, k, None), (int, float))), None)
+    if getattr(module, "_fp8_experts_clamp_after_activation", False) and limit is not None \
+            and limit != float("inf"):
+        raise UnsupportedExperts(where, "swiglu_limits", "a clamp after the activation; expected "
+                                 "a clamp of the gate and up inputs (swiglu_limit)")
+    if custom and limit is not None and limit != float("inf"):
+        if alpha is None and _act_name(act) not in ("SiLUActivation", "SiLU", "silu", "NoneType"):
+            raise UnsupportedExperts(where, "act_fn", f"a clamped {_act_name(act)}; expected SiLU")
+        return Activation.SWIGLU_LIMIT, float(limit), None if alpha is None else float(alpha)
+    kind = _GATED_ACTS.get(_act_name(act))
+    if kind is None:
+        raise UnsupportedExperts(where, "act_fn", f"{_act_name(act)} between the projections; "
+                                 f"expected one of {sorted(_GATED_ACTS)}")
+    return kind, None, None
 
 
 def canonical_weights(module: torch.nn.Module, layout: ExpertsLayout) -> MoEWeights:
     """The module's experts in moe-core's canonical layout (bf16 weights, fp32 biases)."""
-    gu, down = module.gate_up_proj.detach(), module.down_proj.detach()
+    if layout.dbrx:
+        mlp = module.mlp
+        E = module.num_experts
+        w1, v1, w2 = (t.detach().view(E, -1, t.shape[-1]) for t in (mlp.w1, mlp.v1, mlp.w2))
+        gu, down = torch.cat([w1, v1], dim=1), w2.transpose(1, 2)
+    else:
+        gu = (module.gate_up_proj if layout.gated else module.up_proj).detach()
+        down = module.down_proj.detach()
     if layout.transposed:
         gu, down = gu.transpose(1, 2), down.transpose(1, 2)
     b13 = b2 = None
     if layout.interleaved:
         gu = torch.cat([gu[:, 0::2], gu[:, 1::2]], dim=1)
-    if layout.swiglu_limit:
+    if layout.has_bias:
         b = module.gate_up_proj_bias.detach()
-        b13 = torch.cat([b[:, 0::2], b[:, 1::2]], dim=1).float().contiguous()
+        b13 = (torch.cat([b[:, 0::2], b[:, 1::2]], dim=1) if layout.interleaved else b).float().contiguous()
         b2 = module.down_proj_bias.detach().float().contiguous()
     return MoEWeights(w13=gu.to(torch.bfloat16).contiguous(), w2=down.to(torch.bfloat16).contiguous(),
                       w13_bias=b13, w2_bias=b2)
 
 
+_TOP_K_KEYS = ("num_experts_per_tok", "top_k_experts", "moe_topk", "num_experts_per_token", "moe_k",
+               "moe_top_k")
+
+
 def layer_spec(module: torch.nn.Module, layout: ExpertsLayout, config: Any, *, max_tokens: int,
-               name: str = "") -> MoESpec:
+               name: str = "", act_dtype: str | None = None) -> MoESpec:
     """The spec of one experts module, from the module's shapes and the model's config."""
-    E = module.gate_up_proj.shape[0]
-    if layout.transposed:
-        H, I2 = module.gate_up_proj.shape[1:]
+    where = f"{name} ({type(module).__name__})" if name else type(module).__name__
+    w13 = canonical_weights(module, layout).w13 if layout.dbrx else None
+    if w13 is not None:
+        E, R, H = w13.shape
     else:
-        I2, H = module.gate_up_proj.shape[1:]
-    top_k = getattr(config, "num_experts_per_tok", None)
+        w = module.gate_up_proj if layout.gated else module.up_proj
+        E = w.shape[0]
+        H, R = w.shape[1:] if layout.transposed else w.shape[:0:-1]
+    config = getattr(module, "config", None) or config
+    top_k = None
+    for c in (config, getattr(config, "text_config", None), getattr(config, "ffn_config", None)):
+        top_k = top_k or next((getattr(c, k) for k in _TOP_K_KEYS if isinstance(getattr(c, k, None), int)),
+                              None)
     if not isinstance(top_k, int):
         raise ModelConfigError(f"{type(config).__name__} has no num_experts_per_tok; expected the "
                                "experts per token")
-    dtype = module.gate_up_proj.dtype
+    dtype = (w13 if w13 is not None else module.down_proj).dtype
     if dtype not in _DTYPE_NAMES:
         raise InputError(f"{name}: {type(module).__name__} weights are {dtype}; expected bf16, "
                          "fp16 or fp32 (quantized transformers checkpoints are not supported yet)")
-    kw: dict[str, Any] = {}
-    if layout.swiglu_limit:
-        kw = dict(activation=Activation.SWIGLU_LIMIT, swiglu_limit=float(module.limit),
-                  swiglu_alpha=float(module.alpha), has_bias=True)
-    else:
-        act = getattr(config, "hidden_act", "silu")
-        if act not in _ACTIVATIONS:
-            raise ModelConfigError(f"{name}: hidden_act {act!r} of {type(config).__name__} is not a "
-                                   f"gated activation moe-core knows ({sorted(_ACTIVATIONS)})")
-        kw = dict(activation=_ACTIVATIONS[act])
-    device = module.gate_up_proj.device
-    return MoESpec(num_experts=E, top_k=top_k, hidden_size=H, intermediate_size=I2 // 2,
-                   act_dtype=_DTYPE_NAMES[dtype], max_tokens=max_tokens,
+    activation, limit, alpha = experts_activation(module, layout, where)
+    device = module.down_proj.device if w13 is None else module.mlp.w1.device
+    return MoESpec(num_experts=E, top_k=top_k, hidden_size=H,
+                   intermediate_size=R // 2 if layout.gated else R, activation=activation,
+                   swiglu_limit=limit, swiglu_alpha=alpha, has_bias=layout.has_bias,
+                   act_dtype=act_dtype or _DTYPE_NAMES[dtype], max_tokens=max_tokens,
                    arch="cpu" if device.type == "cpu" else detect_arch(),
-                   model=getattr(config, "_name_or_path", None) or getattr(config, "model_type", None),
-                   **kw)
+                   model=getattr(config, "_name_or_path", None) or getattr(config, "model_type", None))
 
 
 class MoECoreExperts(torch.nn.Module):
@@ -209,13 +296,10 @@ def apply(model: torch.nn.Module, *, tp: int = 1, ep: int = 1, host: Host | None
     found = [(n, m) for n, m in model.named_modules() if n and _is_experts(m)]
     if not found:
         raise InputError(f"{type(model).__name__} has no MoE experts module that moe-core knows "
-                         f"(expected one of {sorted(KNOWN)})")
+                         "(expected 3-D gate_up_proj / down_proj expert stacks)")
     for name, module in found:
         cls = type(module).__name__
-        layout = KNOWN.get(cls)
-        if layout is None:
-            raise InputError(f"{name}: experts module {cls} has a layout moe-core does not know "
-                             f"(known: {', '.join(sorted(KNOWN))})")
+        layout = experts_layout(module, f"{name} ({cls})")
         spec = layer_spec(module, layout, config, max_tokens=max_tokens, name=name)
         res = host.explain(spec, force=force, disable=disable)
         plan = host.resolve(spec, force=force, disable=disable)  # raises with the trace if none
