@@ -66,3 +66,4 @@ def small_spec():
 def _clean_env(monkeypatch):
     monkeypatch.delenv("MOE_BACKEND", raising=False)
     monkeypatch.delenv("MOE_DISABLE", raising=False)
+    monkeypatch.delenv("MOE_DEBUG", raising=False)

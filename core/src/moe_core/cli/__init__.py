@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import click
@@ -30,8 +29,10 @@ _STATUS_STYLE = {Status.CHOSEN: "bold green", Status.SUPPORTED: "green", Status.
                    f"failed, with its file and line (also {ENV_DEBUG}=1).")
 def main(debug):
     """Resolve, prepare and run the MoE kernel backend of a layer, and explain the choice."""
-    if debug:  # before the default host is built: it keeps hook tracebacks in its traces
-        os.environ[ENV_DEBUG] = "1"
+    if debug:  # the host keeps hook tracebacks in its traces, for this command only
+        host = default_host()
+        before, host.debug = host.debug, True
+        click.get_current_context().call_on_close(lambda: setattr(host, "debug", before))
 
 
 @main.command()
