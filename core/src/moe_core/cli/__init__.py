@@ -14,6 +14,7 @@ from ..plan import Resolution, Status
 from .common import build_spec, console, reports_errors, spec_options
 from .hf import hf
 from .matrix_cmd import matrix
+from .new_plugin import new_plugin
 from .run_layer import run
 
 _STATUS_STYLE = {Status.CHOSEN: "bold green", Status.SUPPORTED: "green", Status.DECLINED: "yellow",
@@ -130,3 +131,4 @@ def explain(as_json, assume_installed, **o):
 main.add_command(run)
 main.add_command(matrix)
 main.add_command(hf)
+main.add_command(new_plugin)
