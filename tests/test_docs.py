@@ -5,6 +5,7 @@ markers). A block that is not run is reported as skipped, with its reason."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -135,3 +136,24 @@ def test_a_failing_block_names_its_line_in_the_file(tmp_path):
     with pytest.raises(NameError) as e:
         run(block, module_for(doc))
     assert e.traceback[-1].lineno + 1 == 5 and str(e.traceback[-1].path) == str(doc)
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("path", DOCS, ids=lambda p: p.name)
+def test_links_resolve(path):
+    text = re.sub(r"^```.*?^```", "", path.read_text(encoding="utf-8"), flags=re.M | re.S)
+    anchors = {_slug(h) for h in re.findall(r"^#+ (.+)$", text, flags=re.M)}
+    broken = []
+    for target in re.findall(r"\]\(([^)\s]+)\)", text):
+        if target.startswith(("http://", "https://")):
+            continue
+        file, _, anchor = target.partition("#")
+        if file and not (path.parent / file).exists():
+            broken.append(target)
+        elif not file and anchor not in anchors:
+            broken.append(target)
+    assert not broken, f"{path.name}: links to nothing: {broken}"

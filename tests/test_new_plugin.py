@@ -51,14 +51,16 @@ def test_default_directory_and_every_placeholder_filled(tmp_path, monkeypatch):
     assert written == sorted(["pyproject.toml", "README.md", "src/moe_plugin_fast_bf16/__init__.py",
                               "src/moe_plugin_fast_bf16/runner.py", "tests/test_fast_bf16.py"])
     pyproject = (root / "pyproject.toml").read_text()
-    assert '[project.entry-points."moe_core.plugins"]\nfast_bf16 = "moe_plugin_fast_bf16"' in pyproject
+    entry_point = '[project.entry-points."moe_core.plugins"]\nfast_bf16 = "moe_plugin_fast_bf16"'
+    assert entry_point in pyproject
     assert 'name = "moe-plugin-fast-bf16"' in pyproject
     assert all("{{" not in text for text in render("fast_bf16").values())
     assert len(render("x")) == len(FILES)
 
 
 def _purelib(python: str | Path) -> str:
-    return subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+    code = "import sysconfig; print(sysconfig.get_paths()['purelib'])"
+    return subprocess.run([str(python), "-c", code],
                           capture_output=True, text=True, check=True).stdout.strip()
 
 
@@ -86,6 +88,8 @@ def test_generated_plugin_installs_and_passes_the_kit(tmp_path):
     out = kit.stdout + kit.stderr
     assert kit.returncode == 0, out[-4000:]
     passed = set(re.findall(r"::(test_\w+)\[?[^\s]*\s+PASSED", out))
-    assert {"test_declarations", "test_honest_on_random_specs", "test_honest_on_bundled_model_slices",
-            "test_installed_under_its_entry_point", "test_every_layout_matches_the_reference"} <= passed, out[-4000:]
+    expected = {"test_declarations", "test_honest_on_random_specs",
+                "test_honest_on_bundled_model_slices", "test_installed_under_its_entry_point",
+                "test_every_layout_matches_the_reference"}
+    assert expected <= passed, out[-4000:]
     assert re.search(rf"test_honest_on_random_specs\[{NAME}-cpu-bf16\] PASSED", out), out[-4000:]

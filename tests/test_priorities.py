@@ -60,7 +60,7 @@ def _phrases(plugin: str, variants: list[Variant]) -> list[str]:
 def declared():
     got = _declared()
     expected = set().union(*BANDS.values())
-    assert expected <= set(got), f"missing plugins: {expected - set(got)} (is `make dev` installed?)"
+    assert expected <= set(got), f"missing plugins: {expected - set(got)} (run `make dev`)"
     return got
 
 

@@ -41,7 +41,8 @@ def render(name: str) -> dict[str, str]:
     values = {"name": name, "package": f"moe_plugin_{name}", "variant": VARIANT,
               "dist": f"moe-plugin-{name.replace('_', '-')}",
               "moe_core_requirement": requirement,
-              "moe_core_requirement_conformance": requirement.replace("moe-core", "moe-core[conformance]")}
+              "moe_core_requirement_conformance":
+                  requirement.replace("moe-core", "moe-core[conformance]")}
     folder = files("moe_core") / "templates" / "plugin"
     out = {}
     for template, path in FILES.items():

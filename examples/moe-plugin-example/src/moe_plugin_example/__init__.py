@@ -17,7 +17,8 @@ def padded(size: int) -> int:
 
 @hookimpl
 def moe_variants():
-    return [Variant(VARIANT, priority=PRIORITY, summary="bf16 experts, chunked matmuls (CPU or CUDA)")]
+    return [Variant(VARIANT, priority=PRIORITY,
+                    summary="bf16 experts, chunked matmuls (CPU or CUDA)")]
 
 
 @hookimpl
