@@ -56,10 +56,21 @@ class Reason(StrEnum):
 class Variant:
     """One way a plugin can run (or dispatch) a layer.
 
-    ``priority`` orders candidates across plugins, higher first: the reference backend
-    uses 0 and 1, the ``torch`` dispatcher 10, in-repo kernel backends 20-31. A
-    third-party kernel backend picks one against those (above 1 to beat the reference).
-    It is static: per-spec preferences go in :attr:`Verdict.preference`.
+    ``priority`` orders the candidates that said yes, higher first, runners against
+    runners and dispatchers against dispatchers; ties go to :attr:`Verdict.preference`,
+    then to the plugin and variant names. The bands (the guide's "Priorities" section,
+    docs/writing-a-backend.md, lists the same):
+
+    * runners 0-1: the reference backend (``reference:loop`` 0, ``reference:grouped_mm`` 1);
+    * runners 2-19: portable runners that beat the reference and yield to tuned kernels
+      (``example:chunked`` 5, the ``moe new-plugin`` template 5);
+    * runners 20-39: kernels tuned for a GPU (in-repo: ``flashinfer_cutedsl`` 25,
+      ``deepgemm`` 30-31, ``flashinfer_cutlass`` 31);
+    * runners 40 and up: a kernel meant to win over every in-repo one where both say yes;
+    * dispatchers: ``torch:all_to_all`` 10 (serves every mode: the fallback), ``deepep`` 20.
+
+    It is static: per-spec preferences go in :attr:`Verdict.preference`. A measured order
+    (planned: ``moe tune``) will only reorder candidates that said yes, never run a "no".
 
     Runners: ``layouts`` are the token layouts it takes from a dispatcher, best first
     (with tokens on the rank it is always called in the standard layout); ``wire`` the

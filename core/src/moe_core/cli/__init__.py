@@ -16,6 +16,7 @@ from .common import (MoEGroup, assume_installed_option, build_spec, check_assume
                      console, spec_options)
 from .hf import hf
 from .matrix_cmd import matrix
+from .new_plugin import new_plugin
 from .run_layer import run
 
 _STATUS_STYLE = {Status.CHOSEN: "bold green", Status.SUPPORTED: "green", Status.DECLINED: "yellow",
@@ -146,3 +147,4 @@ def explain(as_json, assume_installed, **o):
 main.add_command(run)
 main.add_command(matrix)
 main.add_command(hf)
+main.add_command(new_plugin)

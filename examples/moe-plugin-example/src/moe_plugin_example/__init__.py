@@ -6,6 +6,9 @@ from moe_core import Quant, Reason, Variant, Verdict, hookimpl
 
 VARIANT = "chunked"
 PAD_TO = 64
+#: A portable runner: the 2-19 band, above the reference (0-1), below kernels tuned for a
+#: GPU (20-39). The bands: moe_core.Variant, or docs/writing-a-backend.md "Priorities".
+PRIORITY = 5
 
 
 def padded(size: int) -> int:
@@ -14,7 +17,8 @@ def padded(size: int) -> int:
 
 @hookimpl
 def moe_variants():
-    return [Variant(VARIANT, priority=5, summary="bf16 experts, chunked matmuls (CPU or CUDA)")]
+    return [Variant(VARIANT, priority=PRIORITY,
+                    summary="bf16 experts, chunked matmuls (CPU or CUDA)")]
 
 
 @hookimpl
