@@ -16,7 +16,7 @@ from .declare import Overlap, Reason, Variant, Verdict
 from .dispatch import DispatchConfig
 from .environment import Environment
 from .errors import BackendUnavailable, InputError, NoBackendError, PluginError, ResolutionError
-from .plan import Backend, Candidate, Plan, Resolution, Status
+from .plan import Backend, Candidate, Plan, Resolution, SelectedBy, Selection, Status
 from .registry import PluginStatus, Registry, _describe_exc
 from .spec import A2A, MoESpec
 from .tokens import MODE_LAYOUTS, Layout, Wire, lossless_wires
@@ -25,6 +25,8 @@ from .weights import MoEWeights, validate_weights
 ENV_FORCE = "MOE_BACKEND"
 ENV_DISABLE = "MOE_DISABLE"
 _STATUS_ORDER = {s: i for i, s in enumerate(Status)}
+_STATIC = Selection(SelectedBy.PRIORITY, "static priority: no tuning measurements in use "
+                    "(none cached for this machine, or $MOE_TUNING=0)")
 
 
 def _trace_order(c: Candidate):
@@ -97,9 +99,15 @@ class Host:
     here, and frozen; :func:`moe_core.environment.assume_installed` extends it per call.
     """
 
-    def __init__(self, registry: Registry | None = None, env: Environment | None = None):
+    def __init__(self, registry: Registry | None = None, env: Environment | None = None,
+                 measurements: Any = None):
+        """:param measurements: orders the runners that would run by measured time (a
+            :class:`moe_core.tuning.TuningCache` or anything with its ``order`` method);
+            None: the tuning cache of this environment where one exists (``$MOE_TUNING=0``:
+            never); False: static priorities only."""
         self.registry = registry if registry is not None else Registry.discover()
         self.env = env if env is not None else self._probe()
+        self.measurements = measurements
         self._answers: dict[tuple[Any, ...], dict[str, Verdict] | str] = {}
         self._resolutions: dict[tuple[Any, ...], Resolution] = {}
 
@@ -228,17 +236,11 @@ class Host:
             env, disabled, force_sel, force)
         settled += [Candidate(rec.name, "*", 0, Status.BROKEN, rec.error or "broken", code=Reason.BROKEN)
                     for rec in self.registry if rec.status is not PluginStatus.OK]
-        plan = None
-        ranked: list[Candidate] = []
+        built: list[tuple[Candidate, Plan]] = []
         for cand, verdict, variant in eligible:
             # Every candidate is built, so "supported" below the chosen one means it would run.
             try:
-                built = self._build_plan(spec, cand, verdict, variant, disabled, env)
-                if plan is None:
-                    plan = built
-                    ranked.append(dataclasses.replace(cand, status=Status.CHOSEN))
-                else:
-                    ranked.append(cand)
+                built.append((cand, self._build_plan(spec, cand, verdict, variant, disabled, env)))
             except _Declined as e:
                 settled.append(dataclasses.replace(cand, status=Status.DECLINED, reason=str(e),
                                                    code=e.code))
@@ -246,11 +248,30 @@ class Host:
                 settled.append(dataclasses.replace(
                     cand, status=Status.BROKEN, code=Reason.BROKEN,
                     reason=f"configure_dispatcher failed: {_describe_exc(e)}"))
+        built, selection = self._measured_order(spec, env, built)
+        ranked = [dataclasses.replace(c, status=Status.CHOSEN) if i == 0 else c
+                  for i, (c, _) in enumerate(built)]
         settled.sort(key=_trace_order)
         candidates = tuple(ranked + settled)
-        if plan is not None:
-            plan = dataclasses.replace(plan, candidates=candidates)
+        plan = None
+        if built:
+            plan = dataclasses.replace(built[0][1], candidates=candidates, selection=selection)
         return Resolution(spec, candidates, plan, force, disable, env)
+
+    def _measured_order(self, spec: MoESpec, env: Environment, built: list):
+        """Built runners (all said yes; force and disable applied), reordered by measurement
+        where the tuning cache has times for every one of them, with how it was decided."""
+        if self.measurements is None:
+            from .tuning.cache import default_cache
+
+            self.measurements = default_cache() or False
+        if not self.measurements or not built:
+            return built, _STATIC
+        order, selection = self.measurements.order(spec, env, self.registry, built)
+        if sorted(order) != list(range(len(built))):
+            raise PluginError(f"measurements reordered {len(built)} runners as {order}; "
+                              "expected a permutation")
+        return [built[i] for i in order], selection
 
     def _build_plan(self, spec: MoESpec, cand: Candidate, verdict: Verdict, variant: Variant,
                     disabled, env: Environment) -> Plan:
