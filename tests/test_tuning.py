@@ -458,3 +458,12 @@ def test_an_unwritable_cache_is_an_error_not_a_traceback(tmp_path):
     r = CliRunner().invoke(main, ["tune", "-m", "Qwen/Qwen3-30B-A3B", "--experts", "4", "--arch", "cpu",
                                   "--tokens", "1", "--iters", "1", "--cache", str(blocker / "sub")])
     assert r.exit_code == 2 and "cannot write the tuning cache" in " ".join(r.output.split())
+
+
+def test_slow_runners_get_fewer_timed_calls_but_at_least_three(clock):
+    from moe_core.tuning.timing import WallClock
+
+    timer = WallClock(clock, warmup=0, iters=7, budget_s=2.0)
+    assert [timer.count(e) for e in (0.0, 0.001, 0.5, 5.0)] == [7, 7, 4, 3]
+    t = timer.measure(lambda: clock.spend(1000.0), estimate_s=1.0)
+    assert (t.samples, t.ms, t.timer) == (3, pytest.approx(1000.0), "wall_clock")

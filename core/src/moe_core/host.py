@@ -4,6 +4,7 @@ Resolution is ordered and explainable: every runner variant of every plugin answ
 supported ones are ranked by (variant priority, verdict preference, plugin, variant),
 highest first; the first for which the host can derive a dispatch (a layout the a2a mode
 delivers, a lossless wire format, a dispatcher that delivers both) becomes the plan.
+Measured times (:mod:`moe_core.tuning`) may reorder the runners that would run.
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ a file problem also warns (:class:`TuningCacheWarning`). Writers lock the file
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -26,13 +27,15 @@ import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import cache
+from enum import StrEnum
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import MoEError
 from ..plan import SelectedBy, Selection
 from ..registry import PluginStatus
+from ..spec import MoESpec
 
 ENV_CACHE = "MOE_TUNING_CACHE"
 ENV_TUNING = "MOE_TUNING"
@@ -71,10 +74,16 @@ def cache_dir(path: str | os.PathLike | None = None) -> Path:
         return Path(base) / "moe-core" / "tuning"
 
 
-def spec_key(spec) -> str:
-    """sha256 of the spec's ``to_dict`` minus :data:`SPEC_KEY_EXCLUDED` (24 hex digits)."""
-    d = {k: v for k, v in spec.to_dict().items() if k not in SPEC_KEY_EXCLUDED}
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:24]
+_KEYED = tuple(sorted(f.name for f in dataclasses.fields(MoESpec) if f.name not in SPEC_KEY_EXCLUDED))
+
+
+@lru_cache(maxsize=4096)
+def spec_key(spec: MoESpec) -> str:
+    """sha256 of the spec's fields minus :data:`SPEC_KEY_EXCLUDED` (24 hex digits); the rest of
+    ``to_dict`` derives from them. Stable across processes."""
+    values = ((k, getattr(spec, k)) for k in _KEYED)
+    text = ";".join(f"{k}={(v.value if isinstance(v, StrEnum) else v)!r}" for k, v in values)
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 def entry_key(key: str, bucket: int) -> str:
@@ -295,14 +304,23 @@ def _suppress():
         pass
 
 
+def _by_layer(entries: Iterable[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for e in entries:
+        out.setdefault(e["spec_key"], []).append(e)
+    return out
+
+
 @dataclass
 class _View:
-    """What one environment sees: its fingerprint and body, its file, other environments."""
+    """What one environment sees: its fingerprint and body, its file's entries by layer, and
+    (read when first needed) other environments' files."""
 
     fingerprint: str
     body: dict[str, Any]
     loaded: Loaded
-    others: list[Loaded] | None = None
+    layers: dict[str, list[dict[str, Any]]]
+    others: list[tuple[Loaded, dict[str, list[dict[str, Any]]]]] | None = None
 
 
 class TuningCache:
@@ -329,13 +347,22 @@ class TuningCache:
         except OSError:
             return []
 
+    def ensure(self) -> Path:
+        """The directory, created; a :class:`TuningError` where it cannot be."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TuningError(f"cannot write the tuning cache {self.path}: {e} (expected a writable "
+                              f"directory; set ${ENV_CACHE} or --cache)") from None
+        return self.path
+
     def record(self, body: dict[str, Any], entries: Iterable[dict[str, Any]]) -> Path:
         """Merge ``entries`` (measured under ``body``) into that environment's file, under its
         lock: a runner's newer time replaces its older one, other runners' times stay."""
         fp = fingerprint(body)
         path = self.file_for(fp)
+        self.ensure()
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
             with _locked(path):
                 old = read_file(path)
                 merged = dict(old.entries) if old.fingerprint == fp else {}
@@ -371,16 +398,15 @@ class TuningCache:
         if key not in self._views:
             body = environment_body(env, registry)
             fp = fingerprint(body)
-            self._views[key] = _View(fp, body, read_file(self.file_for(fp)))
+            loaded = read_file(self.file_for(fp))
+            self._views[key] = _View(fp, body, loaded, _by_layer(loaded.entries.values()))
         return self._views[key]
 
     def measured(self, view: _View, key: str) -> tuple[dict[int, dict[str, Any]], list[str]]:
         """Entries of layer ``key`` usable in ``view``, and why others were ignored."""
         ignored = list(view.loaded.problems)
         usable: dict[int, dict[str, Any]] = {}
-        for e in view.loaded.entries.values():
-            if e["spec_key"] != key:
-                continue
+        for e in view.layers.get(key, ()):
             if e["fingerprint"] != view.fingerprint:
                 ignored.append(f"{e['bucket']} tokens: measured under environment {e['fingerprint']}; "
                                f"this one is {view.fingerprint}")
@@ -393,10 +419,11 @@ class TuningCache:
     def _elsewhere(self, view: _View, key: str) -> list[str]:
         """Why measurements of layer ``key`` in other environments' files do not count."""
         if view.others is None:
-            view.others = [read_file(p, warn=False) for p in self.files() if p != view.loaded.path]
+            view.others = [(o, _by_layer(o.entries.values())) for o in
+                           (read_file(p, warn=False) for p in self.files() if p != view.loaded.path)]
         out = []
-        for other in view.others:
-            buckets = sorted(e["bucket"] for e in other.entries.values() if e["spec_key"] == key)
+        for other, layers in view.others:
+            buckets = sorted(e["bucket"] for e in layers.get(key, ()))
             if buckets:
                 out.append(f"measured at {', '.join(map(str, buckets))} tokens under environment "
                            f"{other.fingerprint}, ignored: it differs in "

@@ -14,6 +14,8 @@ from ..tokens import Layout
 
 #: Masked buffers are padded to whole 128-row tiles (what DeepGEMM's SM90 kernels store).
 MASKED_TILE = 128
+#: Timed calls at least, whatever the time budget.
+MIN_ITERS = 3
 
 
 @dataclass(frozen=True)
@@ -27,13 +29,20 @@ class Timing:
 
 class WallClock:
     """CPU timing: ``clock()`` in seconds around each call; the median of ``iters`` calls
-    after ``warmup`` untimed ones."""
+    after ``warmup`` untimed ones (fewer, but at least :data:`MIN_ITERS`, where ``iters``
+    calls would take more than ``budget_s``)."""
 
     name = "wall_clock"
 
-    def __init__(self, clock: Callable[[], float] | None = None, *, warmup: int = 2, iters: int = 7):
+    def __init__(self, clock: Callable[[], float] | None = None, *, warmup: int = 2, iters: int = 7,
+                 budget_s: float = 2.0):
         self.clock = clock or time.perf_counter
-        self.warmup, self.iters = warmup, max(1, iters)
+        self.warmup, self.iters, self.budget_s = warmup, max(1, iters), budget_s
+
+    def count(self, estimate_s: float) -> int:
+        """Timed calls for a call that takes about ``estimate_s``."""
+        fit = int(self.budget_s / estimate_s) if estimate_s > 0 else self.iters
+        return max(min(MIN_ITERS, self.iters), min(self.iters, fit))
 
     def sync(self) -> None:
         pass
@@ -46,10 +55,10 @@ class WallClock:
         self.sync()
         return self.clock() - t0
 
-    def measure(self, fn) -> Timing:
+    def measure(self, fn, estimate_s: float = 0.0) -> Timing:
         for _ in range(self.warmup):
             fn()
-        samples = [self.elapsed(fn) * 1e3 for _ in range(self.iters)]
+        samples = [self.elapsed(fn) * 1e3 for _ in range(self.count(estimate_s))]
         return Timing(statistics.median(samples), len(samples), self.name)
 
 
@@ -59,8 +68,8 @@ class CudaTimer(WallClock):
 
     name = "cuda_events"
 
-    def __init__(self, *, warmup: int = 3, iters: int = 20, graphs: bool = True):
-        super().__init__(warmup=warmup, iters=iters)
+    def __init__(self, *, warmup: int = 3, iters: int = 20, graphs: bool = True, budget_s: float = 1.0):
+        super().__init__(warmup=warmup, iters=iters, budget_s=budget_s)
         self.graphs = graphs
 
     def sync(self) -> None:
@@ -82,7 +91,7 @@ class CudaTimer(WallClock):
             fn()
         return graph.replay
 
-    def measure(self, fn) -> Timing:
+    def measure(self, fn, estimate_s: float = 0.0) -> Timing:
         import torch
 
         run, name, note = fn, self.name, "graphs off"
@@ -95,13 +104,13 @@ class CudaTimer(WallClock):
         for _ in range(self.warmup):
             run()
         pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
-                 for _ in range(self.iters)]
+                 for _ in range(self.count(estimate_s))]
         for start, end in pairs:
             start.record()
             run()
             end.record()
         self.sync()
-        return Timing(statistics.median(s.elapsed_time(e) for s, e in pairs), self.iters, name, note)
+        return Timing(statistics.median(s.elapsed_time(e) for s, e in pairs), len(pairs), name, note)
 
 
 def workload(layer, tokens: int, *, seed: int = 0):

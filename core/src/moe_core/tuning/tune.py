@@ -153,7 +153,7 @@ def _time_one(host, plan, weights, tokens: int, timer: WallClock, seed: int) -> 
         layer = box[0]
         fn = workload(layer, tokens, seed=seed)
         m.first_call_s = timer.elapsed(fn)
-        t = timer.measure(fn)
+        t = timer.measure(fn, estimate_s=timer.elapsed(fn))
         m.ms, m.samples, m.timer = t.ms, t.samples, t.timer
         m.note = "; ".join(n for n in (m.note, t.graph_note) if n)
     except Exception as e:  # recorded: resolution ranks a runner that failed here last
@@ -167,7 +167,8 @@ def tune(specs: MoESpec | Iterable[MoESpec], *, host=None, buckets: Iterable[int
          force: str | None = "", disable: Iterable[str] | str | None = (),
          cache: TuningCache | str | None = None, objective: Objective | str | None = None,
          clock: Callable[[], float] | None = None, warmup: int | None = None,
-         iters: int | None = None, graphs: bool = True, progress: bool = False,
+         iters: int | None = None, budget_s: float | None = None, graphs: bool = True,
+         progress: bool = False,
          seed: int = 0) -> TuneReport:
     """Time every runner that says yes for each spec at each token bucket, record the medians
     in the tuning cache, and report what resolution now picks.
@@ -182,6 +183,9 @@ def tune(specs: MoESpec | Iterable[MoESpec], *, host=None, buckets: Iterable[int
         ``$MOE_BACKEND``/``$MOE_DISABLE`` say).
     :param cache: a :class:`TuningCache` or its directory (default: the user cache).
     :param clock: seconds, for the CPU wall-clock timer (tests inject a fake one).
+    :param iters, budget_s: timed calls per (runner, bucket), fewer (at least 3) where they
+        would take longer than ``budget_s`` (default 1 s on CUDA, 2 s on the CPU).
+    :param graphs: on CUDA, replay a CUDA graph of the call where it can be captured.
     """
     from .. import default_host
     from ..synthetic import random_weights
@@ -193,6 +197,7 @@ def tune(specs: MoESpec | Iterable[MoESpec], *, host=None, buckets: Iterable[int
         raise TuningError("nothing to tune: expected at least one spec")
     objective = objective if isinstance(objective, Objective) else Objective.parse(objective)
     cache = cache if isinstance(cache, TuningCache) else TuningCache(cache, objective)
+    cache.ensure()  # before any timing: an unwritable cache should cost no tuning run
     plans = []
     for spec in specs:
         dev = device_type(spec)
@@ -206,8 +211,12 @@ def tune(specs: MoESpec | Iterable[MoESpec], *, host=None, buckets: Iterable[int
             res = host.explain(spec.replace(max_tokens=b), force=force, disable=disable)
             plans.append((spec, b, [c for c in res.candidates if c.supported]))
     cuda = any(device_type(s) == "cuda" for s in specs)
-    timer = (CudaTimer(warmup=warmup or 3, iters=iters or 20, graphs=graphs) if cuda and clock is None
-             else WallClock(clock, warmup=2 if warmup is None else warmup, iters=iters or 7))
+    if cuda and clock is None:
+        timer: WallClock = CudaTimer(warmup=3 if warmup is None else warmup, iters=iters or 20,
+                                     graphs=graphs, budget_s=budget_s or 1.0)
+    else:
+        timer = WallClock(clock, warmup=2 if warmup is None else warmup, iters=iters or 7,
+                          budget_s=budget_s or 2.0)
     env = host.env.current()
     body = environment_body(env, host.registry)
     results = {s: LayerResult(s, spec_key(s)) for s in specs}
