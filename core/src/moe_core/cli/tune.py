@@ -91,9 +91,9 @@ def _print_report(report) -> None:
         if lay.selection:
             console.print(f"  resolution now picks {lay.chosen}", highlight=False)
             print_selection(lay.selection)
-    console.print(f"tuned in {report.tuning_s:.1f} s ({report.timer}); load and first calls "
-                  f"(compiles) {report.compile_s:.1f} s apart; cache {report.cache_file}",
-                  highlight=False)
+    console.print(f"tuned in {report.tuning_s:.1f} s ({report.timer}); apart: load and first calls "
+                  f"(compiles) {report.compile_s:.1f} s, random weights {report.weights_s:.1f} s; "
+                  f"cache {report.cache_file}", highlight=False)
 
 
 @click.command()

@@ -55,8 +55,13 @@ class WallClock:
         self.sync()
         return self.clock() - t0
 
+    def warmups(self, estimate_s: float) -> int:
+        """Untimed calls: at most a quarter of the budget (at least one)."""
+        fit = int(self.budget_s / 4 / estimate_s) if estimate_s > 0 else self.warmup
+        return min(self.warmup, max(1, fit))
+
     def measure(self, fn, estimate_s: float = 0.0) -> Timing:
-        for _ in range(self.warmup):
+        for _ in range(self.warmups(estimate_s)):
             fn()
         samples = [self.elapsed(fn) * 1e3 for _ in range(self.count(estimate_s))]
         return Timing(statistics.median(samples), len(samples), self.name)
@@ -77,13 +82,13 @@ class CudaTimer(WallClock):
 
         torch.cuda.synchronize()
 
-    def _graph(self, fn):
+    def _graph(self, fn, warmups: int):
         import torch
 
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            for _ in range(self.warmup):
+            for _ in range(warmups):
                 fn()
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
@@ -97,11 +102,11 @@ class CudaTimer(WallClock):
         run, name, note = fn, self.name, "graphs off"
         if self.graphs:
             try:
-                run, name, note = self._graph(fn), "cuda_graph", ""
+                run, name, note = self._graph(fn, self.warmups(estimate_s)), "cuda_graph", ""
             except Exception as e:  # not graph-safe: time it eagerly
                 self.sync()
                 note = f"not captured ({type(e).__name__}: {str(e)[:120]})"
-        for _ in range(self.warmup):
+        for _ in range(self.warmups(estimate_s)):
             run()
         pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True))
                  for _ in range(self.count(estimate_s))]
