@@ -13,7 +13,12 @@
    points; the worst miss is reported, and the static-priority choice for comparison.
 
 Prints tables and writes ``tune_bench.json`` (and ``tune_grid.png`` where matplotlib is
-installed) to ``--out``. On the GPU machine: ``bash benchmarks/gpu_tune.sh start 540``.
+installed) to ``--out``. On the H200, with the FlashInfer CUTLASS kinds and DeepGEMM built
+first (``.carry/`` from scripts/build_carry.sh, fetch_flashinfer.sh, fetch_deepgemm.sh):
+
+    SKIP_TESTS=1 BENCH="benchmarks/tune_bench.py --out /tmp/fi/results" \
+        bash scripts/gpu_flashinfer.sh start 540       # then: bash scripts/gpu_flashinfer.sh poll 560
+
 A CPU smoke run (small slices, the reference backend only):
 
     python benchmarks/tune_bench.py --arch cpu --experts 8 --tokens 1,4 --shapes qwen3-30b-a3b \\

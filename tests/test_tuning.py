@@ -12,7 +12,6 @@ import json
 import multiprocessing
 import subprocess
 import sys
-import warnings
 
 import pytest
 import torch
@@ -24,9 +23,8 @@ from conftest import host_with, make_plugin, one
 from moe_core import Host, Layout, MoESpec, SpecError, Status, Variant, Verdict
 from moe_core.cli import main
 from moe_core.plan import SelectedBy
-from moe_core.tuning import (Objective, TuningCache, TuningCacheWarning, TuningError,
-                             environment_body, fingerprint, parse_buckets, plot, spec_key,
-                             token_buckets, tune)
+from moe_core.tuning import (Objective, TuningCache, TuningError, environment_body, fingerprint,
+                             parse_buckets, plot, spec_key, token_buckets, tune)
 
 MEASUREMENT, PRIORITY = SelectedBy.MEASUREMENT, SelectedBy.PRIORITY
 
@@ -290,19 +288,19 @@ def test_another_environment_is_ignored_with_what_differs(clock, spec, tmp_path)
     (lambda text: "[1, 2]", "not a format-1 tuning file"),
     (lambda text: text.replace('"ms": ', '"ms": "fast", "was": '), "malformed entries ignored"),
 ])
-def test_a_corrupt_file_warns_and_never_breaks_resolution(clock, spec, tmp_path, damage, message):
+def test_a_corrupt_file_warns_and_never_breaks_resolution(clock, spec, tmp_path, damage, message,
+                                                         caplog):
     host = crossover(clock)
     tuned(host, spec, clock, tmp_path)
     path = _file(host, tmp_path)
     path.write_text(damage(path.read_text()))
-    with pytest.warns(TuningCacheWarning, match=message):
+    with caplog.at_level("WARNING", logger="moe_core.tuning"):
         plan = reader(host, tmp_path).resolve(spec.replace(max_tokens=1))
+    assert any(message in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
     assert str(plan.backend) == "big:big" and plan.selection.by is PRIORITY
     assert any(message in why for why in plan.selection.ignored)
     # tuning again replaces the damaged file with a whole one
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", TuningCacheWarning)
-        tuned(host, spec, clock, tmp_path)
+    tuned(host, spec, clock, tmp_path)
     assert reader(host, tmp_path).resolve(spec.replace(max_tokens=1)).selection.by is MEASUREMENT
 
 
@@ -337,7 +335,8 @@ def test_concurrent_writers_never_corrupt_or_lose_entries(tmp_path):
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
 
 
-def test_the_default_source_is_the_user_cache_when_a_file_exists(clock, spec, tmp_path, monkeypatch):
+def test_the_default_source_is_the_user_cache_when_a_file_exists(clock, spec, tmp_path, monkeypatch,
+                                                                 caplog):
     monkeypatch.setenv("MOE_TUNING_CACHE", str(tmp_path))
     host = crossover(clock)
     small = spec.replace(max_tokens=1)
@@ -350,8 +349,9 @@ def test_the_default_source_is_the_user_cache_when_a_file_exists(clock, spec, tm
     assert str(Host(host.registry).resolve(small).backend) == "big:big"
     monkeypatch.setenv("MOE_TUNING", "1")
     monkeypatch.setenv("MOE_TUNING_OBJECTIVE", "nonsense")
-    with pytest.warns(TuningCacheWarning, match="is not BUCKET:WEIGHT"):
+    with caplog.at_level("WARNING", logger="moe_core.tuning"):
         assert str(Host(host.registry).resolve(small).backend) == "small:small"
+    assert "MOE_TUNING_OBJECTIVE: objective 'nonsense'" in caplog.text
     assert TuningCache(tmp_path).clear() == [_file(host, tmp_path)]
     assert TuningCache(tmp_path).files() == []
 
@@ -364,14 +364,21 @@ def test_no_tuning_file_imports_nothing_and_keeps_the_static_order():
     assert out.stdout.split() == ["priority", "False"]
 
 
-def test_a_custom_source_must_return_a_permutation(clock, spec):
+def test_a_failing_source_falls_back_to_the_static_order(clock, spec):
     class Bad:
         def order(self, spec, env, registry, built):
             return [0, 0], None
 
+    class Raising:
+        def order(self, spec, env, registry, built):
+            raise OSError("disk gone")
+
     host = crossover(clock)
-    with pytest.raises(moe_core.PluginError, match="expected a permutation"):
-        Host(host.registry, host.env, measurements=Bad()).resolve(spec)
+    for source, why in ((Bad(), "reordered 2 runners as [0, 0]; expected a permutation"),
+                        (Raising(), "OSError: disk gone")):
+        plan = Host(host.registry, host.env, measurements=source).resolve(spec)
+        assert str(plan.backend) == "big:big" and plan.selection.by is PRIORITY
+        assert why in plan.selection.reason
 
 
 def test_plot_writes_a_png_or_names_what_is_missing(clock, spec, tmp_path, monkeypatch):

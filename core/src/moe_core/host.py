@@ -268,10 +268,13 @@ class Host:
             self.measurements = default_cache() or False
         if not self.measurements or not built:
             return built, _STATIC
-        order, selection = self.measurements.order(spec, env, self.registry, built)
-        if sorted(order) != list(range(len(built))):
-            raise PluginError(f"measurements reordered {len(built)} runners as {order}; "
-                              "expected a permutation")
+        try:
+            order, selection = self.measurements.order(spec, env, self.registry, built)
+            if sorted(order) != list(range(len(built))):
+                raise PluginError(f"reordered {len(built)} runners as {order}; expected a permutation")
+        except Exception as e:  # measurements never break resolution
+            return built, Selection(SelectedBy.PRIORITY, "static priority: the measurement source "
+                                    f"failed ({_describe_exc(e)})")
         return [built[i] for i in order], selection
 
     def _build_plan(self, spec: MoESpec, cand: Candidate, verdict: Verdict, variant: Variant,

@@ -10,7 +10,7 @@ runner that said no is never offered to it.
 
 Reading never breaks resolution: a corrupt or truncated file, an entry of another
 environment or of another layout is ignored with its reason (shown by ``moe explain``), and
-a file problem also warns (:class:`TuningCacheWarning`). Writers lock the file
+a file problem is also logged as a warning (logger ``moe_core.tuning``). Writers lock the file
 (``fcntl.flock`` on a ``.lock`` beside it), re-read and merge, write a temporary file and
 ``os.replace`` it, so concurrent writers lose nothing and readers never see half a file.
 """
@@ -20,11 +20,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 import tempfile
 import time
-import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -54,8 +54,8 @@ class TuningError(MoEError, ValueError):
     """Bad tuning input (objective, buckets, cache path), with what was expected."""
 
 
-class TuningCacheWarning(UserWarning):
-    """A tuning file could not be read; its measurements are ignored."""
+#: Where unreadable tuning files are reported (a warning each, once per host).
+log = logging.getLogger("moe_core.tuning")
 
 
 def cache_dir(path: str | os.PathLike | None = None) -> Path:
@@ -232,7 +232,7 @@ class Loaded:
 
 
 def read_file(path: Path, *, warn: bool = True) -> Loaded:
-    """A tuning file, never raising: unreadable parts become ``problems`` (and a warning)."""
+    """A tuning file, never raising: unreadable parts become ``problems`` (and a logged warning)."""
     out = Loaded(path)
     try:
         text = path.read_text()
@@ -261,7 +261,7 @@ def read_file(path: Path, *, warn: bool = True) -> Loaded:
                                     f"{'y' if len(bad) == 1 else 'ies'} ignored ({bad[0]}...)")
     if warn:
         for p in out.problems:
-            warnings.warn(p, TuningCacheWarning, stacklevel=3)
+            log.warning("warning: %s", p)
     return out
 
 
@@ -507,7 +507,7 @@ def default_cache() -> TuningCache | None:
     try:
         objective = Objective.parse(os.environ.get(ENV_OBJECTIVE))
     except TuningError as e:
-        warnings.warn(f"${ENV_OBJECTIVE}: {e}; using the default objective", TuningCacheWarning)
+        log.warning("warning: $%s: %s; using the default objective", ENV_OBJECTIVE, e)
         objective = Objective()
     tc = TuningCache(None, objective)
     return tc if tc.files() else None
