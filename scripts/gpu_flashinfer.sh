@@ -4,7 +4,8 @@
 # the benchmark. The build outlives one 10-minute command, so it runs detached:
 #   bash scripts/gpu_flashinfer.sh start 540   # install, launch the pipeline, poll 540 s
 #   bash scripts/gpu_flashinfer.sh poll 560    # later calls on the same warm machine
-# SKIP_TESTS=1 skips the GPU tests (a benchmark-only rerun).
+# SKIP_TESTS=1 skips the GPU tests (a benchmark-only rerun). BENCH names another benchmark
+# (with its arguments) to run instead; what it writes to /tmp/fi/results comes back too.
 # Logs and results land in /tmp/fi and are copied to $OUT on every poll.
 set -uo pipefail
 W=/tmp/fi
@@ -31,7 +32,8 @@ pipeline() {
         DG_LOG=$W/deepgemm-build.log source scripts/gpu_build_deepgemm.sh || stage "deepgemm build FAILED"
     fi
     stage "bench"
-    python3 benchmarks/flashinfer_cutlass_bench.py > "$W/bench.txt" 2>&1
+    # shellcheck disable=SC2086
+    python3 ${BENCH:-benchmarks/flashinfer_cutlass_bench.py} > "$W/bench.txt" 2>&1
     stage "bench rc=$?"
     touch "$W/done"
 }
@@ -40,6 +42,7 @@ collect() {
     for f in stages.txt gpu_tests.txt bench.txt build-bf16.log build-fp8_block128.log; do
         [ -f "$W/$f" ] && cp "$W/$f" "$OUT/"
     done
+    [ -d "$W/results" ] && cp -r "$W/results/." "$OUT/"
     n=$(find /tmp/fiws -name '*.o' 2>/dev/null | wc -l)
     echo "objects compiled so far: $n"; cat "$W/stages.txt" 2>/dev/null
 }

@@ -63,7 +63,11 @@ def small_spec():
 
 
 @pytest.fixture(autouse=True)
-def _clean_env(monkeypatch):
+def _clean_env(monkeypatch, tmp_path):
     monkeypatch.delenv("MOE_BACKEND", raising=False)
     monkeypatch.delenv("MOE_DISABLE", raising=False)
     monkeypatch.delenv("MOE_DEBUG", raising=False)
+    # Never the user's tuning cache: an empty one per test (tests/test_tuning.py fills theirs).
+    monkeypatch.setenv("MOE_TUNING_CACHE", str(tmp_path / "tuning-cache"))
+    monkeypatch.delenv("MOE_TUNING", raising=False)
+    monkeypatch.delenv("MOE_TUNING_OBJECTIVE", raising=False)

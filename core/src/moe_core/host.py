@@ -4,6 +4,7 @@ Resolution is ordered and explainable: every runner variant of every plugin answ
 supported ones are ranked by (variant priority, verdict preference, plugin, variant),
 highest first; the first for which the host can derive a dispatch (a layout the a2a mode
 delivers, a lossless wire format, a dispatcher that delivers both) becomes the plan.
+Measured times (:mod:`moe_core.tuning`) may reorder the runners that would run.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .errors import (BackendUnavailable, InputError, NoBackendError, PluginError
                      WeightsMutated)
 from .isolation import HookFailed, HookTimeout, debug_from_env, timeout_from_env
 from .isolation import call as isolated
-from .plan import Backend, Candidate, Plan, Resolution, Status
+from .plan import Backend, Candidate, Plan, Resolution, SelectedBy, Selection, Status
 from .registry import PluginStatus, Registry, _describe_exc
 from .spec import A2A, MoESpec
 from .tokens import MODE_LAYOUTS, Layout, Wire, lossless_wires
@@ -30,6 +31,8 @@ from .weights import MoEWeights, changed, fingerprint, validate_processed, valid
 ENV_FORCE = "MOE_BACKEND"
 ENV_DISABLE = "MOE_DISABLE"
 _STATUS_ORDER = {s: i for i, s in enumerate(Status)}
+_STATIC = Selection(SelectedBy.PRIORITY, "static priority: no tuning measurements in use "
+                    "(none cached for this machine, or $MOE_TUNING=0)")
 
 
 def _trace_order(c: Candidate):
@@ -129,6 +132,10 @@ class Host:
     The environment (importable kernel modules, plugins' build stamps) is probed once,
     here, and frozen; :func:`moe_core.environment.assume_installed` extends it per call.
 
+    :param measurements: orders the runners that would run by measured time (a
+        :class:`moe_core.tuning.TuningCache` or anything with its ``order`` method); None:
+        the tuning cache of this environment where one exists (``$MOE_TUNING=0``: never);
+        False: static priorities only.
     :param hook_timeout: seconds a decision hook may run before its plugin counts as broken
         for that call (default ``$MOE_HOOK_TIMEOUT`` or 10; 0: no limit).
     :param debug: keep failing hooks' tracebacks in traces (default ``$MOE_DEBUG``).
@@ -137,12 +144,13 @@ class Host:
     """
 
     def __init__(self, registry: Registry | None = None, env: Environment | None = None, *,
-                 hook_timeout: float | None = None, debug: bool | None = None,
-                 cache_size: int = 4096):
+                 measurements: Any = None, hook_timeout: float | None = None,
+                 debug: bool | None = None, cache_size: int = 4096):
         self.hook_timeout = timeout_from_env() if hook_timeout is None else hook_timeout
         self.debug = debug_from_env() if debug is None else debug
         self.registry = registry if registry is not None else Registry.discover()
         self.env = env if env is not None else self._probe()
+        self.measurements = measurements
         self._answers: _LRU = _LRU(4 * cache_size)
         self._resolutions: _LRU = _LRU(cache_size)
 
@@ -285,17 +293,11 @@ class Host:
             env, disabled, force_sel, force)
         settled += [Candidate(rec.name, "*", 0, Status.BROKEN, rec.error or "broken", code=Reason.BROKEN)
                     for rec in self.registry if rec.status is not PluginStatus.OK]
-        plan = None
-        ranked: list[Candidate] = []
+        built: list[tuple[Candidate, Plan]] = []
         for cand, verdict, variant in eligible:
             # Every candidate is built, so "supported" below the chosen one means it would run.
             try:
-                built = self._build_plan(spec, cand, verdict, variant, disabled, env)
-                if plan is None:
-                    plan = built
-                    ranked.append(dataclasses.replace(cand, status=Status.CHOSEN))
-                else:
-                    ranked.append(cand)
+                built.append((cand, self._build_plan(spec, cand, verdict, variant, disabled, env)))
             except _Declined as e:
                 settled.append(dataclasses.replace(cand, status=Status.DECLINED, reason=str(e),
                                                    code=e.code))
@@ -303,11 +305,33 @@ class Host:
                 failure = self._failure("configure_dispatcher", e)
                 settled.append(dataclasses.replace(cand, status=Status.BROKEN, code=Reason.BROKEN,
                                                    reason=failure.reason, debug=failure.debug))
+        built, selection = self._measured_order(spec, env, built)
+        ranked = [dataclasses.replace(c, status=Status.CHOSEN) if i == 0 else c
+                  for i, (c, _) in enumerate(built)]
         settled.sort(key=_trace_order)
         candidates = tuple(ranked + settled)
-        if plan is not None:
-            plan = dataclasses.replace(plan, candidates=candidates)
+        plan = None
+        if built:
+            plan = dataclasses.replace(built[0][1], candidates=candidates, selection=selection)
         return Resolution(spec, candidates, plan, force, disable, env)
+
+    def _measured_order(self, spec: MoESpec, env: Environment, built: list):
+        """Built runners (all said yes; force and disable applied), reordered by measurement
+        where the tuning cache has times for every one of them, with how it was decided."""
+        if self.measurements is None:
+            from .tuning.cache import default_cache
+
+            self.measurements = default_cache() or False
+        if not self.measurements or not built:
+            return built, _STATIC
+        try:
+            order, selection = self.measurements.order(spec, env, self.registry, built)
+            if sorted(order) != list(range(len(built))):
+                raise PluginError(f"reordered {len(built)} runners as {order}; expected a permutation")
+        except Exception as e:  # measurements never break resolution
+            return built, Selection(SelectedBy.PRIORITY, "static priority: the measurement source "
+                                    f"failed ({_describe_exc(e)})")
+        return [built[i] for i in order], selection
 
     def _build_plan(self, spec: MoESpec, cand: Candidate, verdict: Verdict, variant: Variant,
                     disabled, env: Environment) -> Plan:

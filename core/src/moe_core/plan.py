@@ -71,6 +71,40 @@ class Candidate:
         return out
 
 
+class SelectedBy(StrEnum):
+    """How the chosen runner was picked among those that would run."""
+
+    MEASUREMENT = "measurement"  # fastest by the tuning cache's times (moe_core.tuning)
+    PRIORITY = "priority"  # (-priority, -preference, plugin, variant)
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """Why the chosen runner leads the runners that would run (``moe explain``).
+
+    Measurements only reorder runners that already said yes and survived force/disable.
+    """
+
+    by: SelectedBy
+    reason: str
+    #: The stated objective (one choice per layer; see docs/design.md), when measurements exist.
+    objective: str | None = None
+    #: ``(bucket, ((backend, ms), ...))``: the leading runners' measured times, fastest first.
+    times: tuple[tuple[int, tuple[tuple[str, float], ...]], ...] = ()
+    #: ``(bucket, backend)`` where another runner than the chosen one was fastest.
+    other_winners: tuple[tuple[int, str], ...] = ()
+    #: Processed-weight bytes one more runner per layer would hold to serve those buckets.
+    other_winners_bytes: int = 0
+    #: Measurements that exist but were not used, each with its reason.
+    ignored: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"by": self.by.value, "reason": self.reason, "objective": self.objective,
+                "times": {str(b): dict(ts) for b, ts in self.times},
+                "other_winners": {str(b): w for b, w in self.other_winners},
+                "other_winners_bytes": self.other_winners_bytes, "ignored": list(self.ignored)}
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     """Everything decided for one layer. Weights, runner and dispatcher all follow it."""
@@ -89,6 +123,8 @@ class Plan:
     candidates: tuple[Candidate, ...] = field(default=(), compare=False)
     #: The dispatcher resolution trace (empty when tokens stay on this rank).
     dispatchers: tuple[Candidate, ...] = field(default=(), compare=False)
+    #: How the runner was picked among those that would run (measured or static order).
+    selection: Selection | None = field(default=None, compare=False)
 
     @property
     def backend(self) -> Backend:
@@ -112,6 +148,7 @@ class Plan:
                            if self.dispatcher else None),
             "dispatchers": [c.to_dict() for c in self.dispatchers],
             "options": dict(self.options),
+            "selection": self.selection.to_dict() if self.selection else None,
         }
 
 

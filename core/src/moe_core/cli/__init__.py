@@ -1,4 +1,4 @@
-"""The ``moe`` command: ``plugins``, ``models``, ``explain``, ``run``, ``matrix``."""
+"""The ``moe`` command: ``plugins``, ``models``, ``explain``, ``run``, ``matrix``, ``tune``."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from .hf import hf
 from .matrix_cmd import matrix
 from .new_plugin import new_plugin
 from .run_layer import run
+from .tune import print_selection, tune
 
 _STATUS_STYLE = {Status.CHOSEN: "bold green", Status.SUPPORTED: "green", Status.DECLINED: "yellow",
                  Status.DISABLED: "magenta", Status.NOT_FORCED: "dim", Status.BROKEN: "bold red"}
@@ -101,6 +102,8 @@ def print_resolution(res: Resolution) -> None:
     ov = p.overlap
     console.print(f"  overlap: sbo={ov.sbo} down_gemm={ov.down_gemm}"
                   f"{' (' + ov.reason + ')' if ov.reason else ''}", highlight=False)
+    if p.selection:
+        print_selection(p.selection)
     if p.dispatchers:
         _print_candidates(p.dispatchers, "dispatcher")
     _print_tracebacks(res.candidates + p.dispatchers)
@@ -148,3 +151,4 @@ main.add_command(run)
 main.add_command(matrix)
 main.add_command(hf)
 main.add_command(new_plugin)
+main.add_command(tune)
