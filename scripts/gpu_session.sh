@@ -3,7 +3,8 @@
 # scripts/build_carry.sh, .carry/deepgemm from scripts/fetch_deepgemm.sh, .carry/fi from
 # scripts/fetch_flashinfer.sh, .carry/tf from scripts/fetch_transformers.sh when present):
 # build DeepGEMM and the FlashInfer CUTLASS kinds, run every GPU test (pytest -m gpu), the
-# conformance kit on the GPU, then each benchmark named in $BENCH (space separated paths).
+# conformance kit on the GPU, then each benchmark in $BENCH ("script.py args; script2.py ...",
+# each given --out <its JSON>).
 # The builds outlive one 10-minute command, so the pipeline runs detached and is polled:
 #   bash scripts/gpu_session.sh start 540   # install, launch, poll up to 540 s
 #   bash scripts/gpu_session.sh poll 560    # later calls on the same warm machine
@@ -36,8 +37,12 @@ pipeline() {
     step kit python3 -m pytest -p no:cacheprovider -q -rs \
         --moe-conformance=reference,deepgemm,flashinfer_cutlass -k "sm90" \
         "$(python3 -c 'import moe_core.conformance.pytest_plugin as p; print(p.KIT)')"
-    for bench in ${BENCH:-}; do
-        step "bench-$(basename "$bench" .py)" python3 "$bench" --out "$W/$(basename "$bench" .py).json"
+    IFS=';' read -ra benches <<< "${BENCH:-}"
+    for bench in "${benches[@]}"; do
+        read -ra argv <<< "$bench"
+        [ ${#argv[@]} -gt 0 ] || continue
+        name=$(basename "${argv[0]}" .py)
+        step "$name" python3 "${argv[@]}" --out "$W/$name.json"
     done
     touch "$W/done"
 }
