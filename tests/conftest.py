@@ -66,3 +66,5 @@ def small_spec():
 def _clean_env(monkeypatch):
     monkeypatch.delenv("MOE_BACKEND", raising=False)
     monkeypatch.delenv("MOE_DISABLE", raising=False)
+    # `moe --debug` sets it for the process (tests invoke the CLI in-process)
+    monkeypatch.delenv("MOE_DEBUG", raising=False)
