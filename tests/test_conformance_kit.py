@@ -8,6 +8,10 @@ import sys
 import textwrap
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from moe_core.conformance.strategies import specs
 
 pytest_plugins = ["pytester"]
 
@@ -190,7 +194,16 @@ def test_kit_passes_an_honest_plugin(run_kit):
     result.assert_outcomes(passed=2, failed=0)
 
 
-def test_kit_checks_dispatchers(run_kit):
+def _reproduce(result, backend, pytester):
+    """Runs the failure's ``reproduce:`` command for ``backend`` (with this interpreter)."""
+    commands = [line.split("reproduce: ", 1)[1] for line in result.outlines if "reproduce: " in line]
+    command = next((c for c in commands if backend in c), None)
+    assert command and re.match(r"(MOE_DEBUG=1 )?python -c ", command), result.outlines
+    return subprocess.run(command.replace("python -c ", f"{sys.executable} -c ", 1), shell=True,
+                          cwd=pytester.path, capture_output=True, text=True, timeout=300)
+
+
+def test_kit_checks_dispatchers(run_kit, pytester):
     """A dispatcher whose supports_dispatch raises fails (with where, in debug mode); one
     that says yes and corrupts tokens fails its round trip; the built-in one passes."""
     result = run_kit("raiser,corrupt,torch", "--moe-conformance-debug", "-rA",
@@ -207,6 +220,9 @@ def test_kit_checks_dispatchers(run_kit):
         r"a 2-process gloo group rank 0's output differs from the single-process reference by "
         r".*tolerance 0.01: bf16 wire"], consecutive=False)
     assert "raise KeyError" in out and "Traceback (most recent call last)" in out  # debug
+    run = _reproduce(result, "'corrupt:v'", pytester)  # spawns its own two processes
+    assert run.returncode == 1 and "corrupt:v said yes to dispatching" in run.stderr, run.stderr
+    assert "rank 0's output differs from the single-process reference" in run.stderr
     ran = re.search(r"torch: (\d+) round trips on a 2-process gloo group", out)
     assert ran and int(ran.group(1)) >= 10, out[-2000:]
 
@@ -227,10 +243,51 @@ def test_kit_runs_are_deterministic_and_failures_reproducible(run_kit, pytester)
     # one line names the broken promise, with the activation dtype
     first.stdout.re_match_lines([r"E .*ConformanceError: fp32bug:v said yes to .* act=fp32, but its "
                                  r"output differs from the reference"])
-    commands = [line.split("reproduce: ", 1)[1] for line in first.outlines if "reproduce: " in line]
-    assert commands and all(c.startswith("python -c ") for c in commands), first.outlines
-    fp32 = next(c for c in commands if "'fp32bug:v'" in c)
-    run = subprocess.run(sys.executable + fp32[len("python"):], shell=True, cwd=pytester.path,
-                         capture_output=True, text=True, timeout=300)
+    assert "reproduce: python -c " in first.stdout.str()
+    run = _reproduce(first, "'fp32bug:v'", pytester)
     assert run.returncode == 1 and "ConformanceError: fp32bug:v said yes to" in run.stderr, run.stderr
     assert "act=fp32, but its output differs from the reference" in run.stderr
+
+
+@settings(max_examples=60, database=None, derandomize=True, deadline=None)
+@given(st.one_of(specs(), specs(moves_tokens=True)))
+def test_a_spec_literal_evaluates_to_the_spec(spec):
+    from moe_core import DispatchConfig, MoESpec
+    from moe_core.conformance.checks import dispatch_configs, literal
+
+    text = literal(spec.replace(model="org/some-model"))
+    assert text.startswith("MoESpec(num_experts=") and "model='org/some-model'" in text
+    assert eval(text) == spec
+    for cfg in dispatch_configs(spec):
+        assert eval(literal(cfg)) == cfg
+
+
+def test_a_literal_names_only_the_fields_off_their_defaults():
+    from moe_core import MoESpec
+    from moe_core.conformance.checks import literal
+
+    spec = MoESpec(num_experts=4, top_k=2, hidden_size=8, intermediate_size=8, act_dtype="fp32")
+    assert literal(spec) == ("MoESpec(num_experts=4, top_k=2, hidden_size=8, intermediate_size=8, "
+                             "act_dtype='fp32')")
+
+
+def test_a_runner_that_mutates_its_inputs_is_reported_as_mutating_them(small_spec):
+    """In-place work on the hidden states or routing it was handed is mutation, named so, even
+    when its output was right (the reference runs on copies taken before)."""
+    from conftest import host_with, make_plugin, one
+
+    from moe_core import Verdict
+    from moe_core.conformance.checks import ConformanceError, check_run
+    from moe_core.reference.experts import ReferenceRunner
+
+    class InPlace(ReferenceRunner):
+        def __call__(self, x, topk_weights, topk_ids):
+            out = super().__call__(x, topk_weights, topk_ids)
+            topk_weights.mul_(0.5)
+            return out
+
+    host = host_with(("p", make_plugin(one("k", 50), lambda spec: [Verdict.yes("k")], runner=InPlace)))
+    with pytest.raises(ConformanceError, match="modified the caller's topk_weights in make_runner "
+                                               "or its run") as e:
+        check_run(host, "p:k", small_spec)
+    assert e.value.call.startswith("check_run(host, 'p:k', MoESpec(num_experts=8, top_k=2, ")
