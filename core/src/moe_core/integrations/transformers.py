@@ -1,12 +1,27 @@
-"""Resolve the MoE layers of a Hugging Face ``transformers`` model at load
-(``pip install moe-core[transformers]``).
+"""moe-core inside Hugging Face ``transformers`` (``pip install 'moe-core[transformers]'``):
+an experts implementation named ``"moe_core"`` and, on transformers >= 5.2x, an
+expert-parallel token exchange of the same name. Importing this module registers both with
+transformers' own interfaces (``ExpertsInterface.register``,
+``EPImplementationInterface.register``); nothing of transformers is patched::
 
-:func:`apply` finds every routed-expert module (transformers >= 5 keeps each layer's experts
-as one module with 3-D ``gate_up_proj`` / ``down_proj``), builds that layer's spec from the
-model's own config, takes its weights into the canonical layout, resolves, processes the
-weights and swaps the module for one that calls the resolved runner. The router, shared
-experts and everything else stay the model's. :meth:`ApplyReport.undo` puts the original
-modules back.
+    import moe_core.integrations.transformers    # registers "moe_core"
+    model = AutoModelForCausalLM.from_pretrained(name, experts_implementation="moe_core")
+
+Each MoE layer's experts module is then resolved through the host on its first call, from
+the module's own shapes and layout flags and the model's config (the model's router, shared
+experts and everything else stay the model's): the spec on this rank, the plan, the weights
+processed once per backend and cached on the module until its weights change. Calls of at
+most ``decode_tokens`` tokens run the decode plan, larger ones the prefill plan.
+
+Sharded by transformers (``distributed_config=DistributedConfig(...)``), each rank runs its
+shard: expert tensor parallelism (``tp_size``; transformers all-reduces the partial sums) and
+expert parallelism (``ep_size``) with transformers' token exchange, or with moe-core's
+(``ep_implementation="moe_core"``: the dispatcher the host resolves, DeepEP where it can
+serve the layer, else ``torch:all_to_all``).
+
+:func:`report` gives, per layer, the ``moe explain`` trace of each plan; :func:`configure`
+sets the host, force/disable and token limits; :func:`apply` switches a loaded model over,
+loads every layer at once and can undo it.
 """
 
 from __future__ import annotations
@@ -15,218 +30,272 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers.integrations.moe import ExpertsInterface
 
-from ..arch import detect_arch
 from ..errors import InputError, ModelConfigError
-from ..host import Host
-from ..layer import TORCH_DTYPES
 from ..plan import Plan, Resolution
-from ..spec import Activation, MoESpec
-from ..weights import MoEWeights
+from ..spec import A2A
+from .hf_experts import (EXPERT_KEYS, EP_ATTR, KNOWN, ExpertsLayout, Options, Sharding,
+                         canonical_weights, exchange_of, experts_modules, layer_spec, layout_of,
+                         load_for, regime_name, release, resolve_for, set_options, sharding_of,
+                         state_of)
 
-_ACTIVATIONS = {"silu": Activation.SILU_GATED, "swish": Activation.SILU_GATED,
-                "gelu": Activation.GELU_GATED, "gelu_pytorch_tanh": Activation.GELU_GATED}
-_DTYPE_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
+try:  # transformers >= 5.2x: transformers.distributed.expert_parallel
+    from .hf_ep import MoECoreEP
+except ImportError:  # e.g. 5.17: EP through the ep_router plan only (the experts forward runs it)
+    MoECoreEP = None
 
-
-@dataclass(frozen=True)
-class ExpertsLayout:
-    """How one transformers experts class stores its weights."""
-
-    #: ``gate_up_proj`` is ``[E, H, 2I]`` (in x out) rather than ``[E, 2I, H]``.
-    transposed: bool = False
-    #: Gate and up alternate (gate at even columns) rather than ``[Gate; Up]``.
-    interleaved: bool = False
-    #: gpt-oss's clamped SwiGLU (``limit``/``alpha`` on the module) with biases.
-    swiglu_limit: bool = False
+IMPLEMENTATION = "moe_core"
+__all__ = ["IMPLEMENTATION", "KNOWN", "ExpertsLayout", "LayerReport", "ModelReport", "MoECoreEP",
+           "Options", "TESTED_FAMILIES", "apply", "canonical_weights", "configure",
+           "experts_forward", "layer_spec", "register", "release_model", "report", "tiny_config"]
 
 
-#: The experts classes whose layout is known, by class name.
-KNOWN: dict[str, ExpertsLayout] = {
-    "Qwen3MoeExperts": ExpertsLayout(), "Qwen2MoeExperts": ExpertsLayout(),
-    "MixtralExperts": ExpertsLayout(), "OlmoeExperts": ExpertsLayout(),
-    "DeepseekV3Experts": ExpertsLayout(), "DeepseekV2Experts": ExpertsLayout(),
-    "Qwen3NextExperts": ExpertsLayout(), "Glm4MoeExperts": ExpertsLayout(),
-    "GptOssExperts": ExpertsLayout(transposed=True, interleaved=True, swiglu_limit=True),
-}
+def experts_forward(self: torch.nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
+                    top_k_weights: torch.Tensor) -> torch.Tensor:
+    """The ``"moe_core"`` experts implementation: ``self`` is the model's experts module.
+
+    Under transformers' expert parallelism the module holds this rank's experts and is
+    called with their local ids (another rank's expert: an id >= the local count, or -1);
+    they become global ids outside this rank's range, which its runner skips. Inference
+    only: no gradients flow through it."""
+    state = state_of(self)
+    T, k = top_k_index.shape
+    with torch.no_grad():
+        layer = load_for(self, state, max_tokens=state.options.max_tokens_for(T), top_k=k).layer
+        spec = layer.plan.spec
+        ids = top_k_index
+        if spec.ep_size > 1:
+            n, first = spec.local_experts, spec.first_expert
+            ids = torch.where((ids >= 0) & (ids < n), ids + first, (first + n) % spec.num_experts)
+        out = layer(hidden_states.to(layer.dtype), top_k_weights, ids)
+    return out.to(hidden_states.dtype)
 
 
-def _is_experts(module: torch.nn.Module) -> bool:
-    return type(module).__name__.endswith("Experts") or (
-        isinstance(getattr(module, "gate_up_proj", None), torch.Tensor)
-        and isinstance(getattr(module, "down_proj", None), torch.Tensor))
+def _fp8_experts_forward(self, *args, **kwargs):
+    raise InputError(f'{type(self).__name__}: experts_implementation="{IMPLEMENTATION}" runs bf16 '
+                     "experts (gate_up_proj/down_proj); transformers' FP8-quantized experts are "
+                     "not supported yet (load the checkpoint dequantized, or use another experts "
+                     "implementation)")
 
 
-def canonical_weights(module: torch.nn.Module, layout: ExpertsLayout) -> MoEWeights:
-    """The module's experts in moe-core's canonical layout (bf16 weights, fp32 biases)."""
-    gu, down = module.gate_up_proj.detach(), module.down_proj.detach()
-    if layout.transposed:
-        gu, down = gu.transpose(1, 2), down.transpose(1, 2)
-    b13 = b2 = None
-    if layout.interleaved:
-        gu = torch.cat([gu[:, 0::2], gu[:, 1::2]], dim=1)
-    if layout.swiglu_limit:
-        b = module.gate_up_proj_bias.detach()
-        b13 = torch.cat([b[:, 0::2], b[:, 1::2]], dim=1).float().contiguous()
-        b2 = module.down_proj_bias.detach().float().contiguous()
-    return MoEWeights(w13=gu.to(torch.bfloat16).contiguous(), w2=down.to(torch.bfloat16).contiguous(),
-                      w13_bias=b13, w2_bias=b2)
+def register() -> None:
+    """Register ``"moe_core"`` with transformers (done when this module is imported)."""
+    ExpertsInterface.register(IMPLEMENTATION, experts_forward)
+    try:
+        from transformers.integrations.finegrained_fp8 import FP8ExpertsInterface
+    except ImportError:
+        pass
+    else:  # without it, an FP8 model would fail on a KeyError instead of this reason
+        FP8ExpertsInterface.register(IMPLEMENTATION, _fp8_experts_forward)
+    if MoECoreEP is not None:
+        from transformers.distributed.expert_parallel import EPImplementationInterface
+
+        EPImplementationInterface.register(IMPLEMENTATION, MoECoreEP)
 
 
-def layer_spec(module: torch.nn.Module, layout: ExpertsLayout, config: Any, *, max_tokens: int,
-               name: str = "") -> MoESpec:
-    """The spec of one experts module, from the module's shapes and the model's config."""
-    E = module.gate_up_proj.shape[0]
-    if layout.transposed:
-        H, I2 = module.gate_up_proj.shape[1:]
-    else:
-        I2, H = module.gate_up_proj.shape[1:]
-    top_k = getattr(config, "num_experts_per_tok", None)
-    if not isinstance(top_k, int):
-        raise ModelConfigError(f"{type(config).__name__} has no num_experts_per_tok; expected the "
-                               "experts per token")
-    dtype = module.gate_up_proj.dtype
-    if dtype not in _DTYPE_NAMES:
-        raise InputError(f"{name}: {type(module).__name__} weights are {dtype}; expected bf16, "
-                         "fp16 or fp32 (quantized transformers checkpoints are not supported yet)")
-    kw: dict[str, Any] = {}
-    if layout.swiglu_limit:
-        kw = dict(activation=Activation.SWIGLU_LIMIT, swiglu_limit=float(module.limit),
-                  swiglu_alpha=float(module.alpha), has_bias=True)
-    else:
-        act = getattr(config, "hidden_act", "silu")
-        if act not in _ACTIVATIONS:
-            raise ModelConfigError(f"{name}: hidden_act {act!r} of {type(config).__name__} is not a "
-                                   f"gated activation moe-core knows ({sorted(_ACTIVATIONS)})")
-        kw = dict(activation=_ACTIVATIONS[act])
-    device = module.gate_up_proj.device
-    return MoESpec(num_experts=E, top_k=top_k, hidden_size=H, intermediate_size=I2 // 2,
-                   act_dtype=_DTYPE_NAMES[dtype], max_tokens=max_tokens,
-                   arch="cpu" if device.type == "cpu" else detect_arch(),
-                   model=getattr(config, "_name_or_path", None) or getattr(config, "model_type", None),
-                   **kw)
+register()
 
 
-class MoECoreExperts(torch.nn.Module):
-    """Stands in for a transformers experts module: same call, the resolved runner inside."""
-
-    def __init__(self, layer, original: torch.nn.Module):
-        super().__init__()
-        self.layer = layer
-        self.__dict__["original"] = original  # kept for undo, outside the module tree
-
-    def extra_repr(self) -> str:
-        return f"{self.layer.plan.backend}, {self.layer.plan.spec.describe()}"
-
-    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
-                top_k_weights: torch.Tensor) -> torch.Tensor:
-        return self.layer(hidden_states, top_k_weights, top_k_index).to(hidden_states.dtype)
-
+# -- the report -------------------------------------------------------------------------
 
 @dataclass
 class LayerReport:
+    """One experts module: how it is sharded, who moves its tokens, and the trace of each plan."""
+
     name: str
     module_class: str
-    resolution: Resolution
+    #: The experts implementation the module runs (``config._experts_implementation``).
+    implementation: str | None
+    sharding: Sharding
+    #: Who moves tokens between expert-parallel ranks (None: they stay on the rank).
+    exchange: str | None
+    #: "decode" / "prefill" -> the ``moe explain`` trace of that plan on this rank.
+    resolutions: dict[str, Resolution]
+    #: The layers loaded so far, one line each.
+    loaded: list[str] = field(default_factory=list)
 
     @property
-    def plan(self) -> Plan:
+    def resolution(self) -> Resolution:
+        return self.resolutions["prefill"]
+
+    @property
+    def plan(self) -> Plan | None:
         return self.resolution.plan
+
+    def dispatcher(self, regime: str = "prefill") -> str | None:
+        """Who dispatches this layer's tokens in ``regime``: moe-core's dispatcher, transformers'
+        exchange, or None."""
+        plan = self.resolutions[regime].plan
+        if plan is not None and plan.dispatcher is not None:
+            return str(plan.dispatcher)
+        return self.exchange if self.exchange != "moe_core" else None
+
+    def line(self, regime: str) -> str:
+        res = self.resolutions[regime]
+        spec, plan = res.spec, res.plan
+        head = f"{regime} (<= {spec.max_tokens} tokens/rank): "
+        if plan is None:
+            return head + "no backend: " + "; ".join(
+                f"{c.backend} {c.reason}" for c in res.candidates)
+        via = self.dispatcher(regime)
+        tail = f" via {via}" if via else (
+            ", partial sums all-reduced by transformers" if spec.tp_size > 1 else "")
+        return head + f"{plan.backend}{tail}: {plan.reason}"
 
 
 @dataclass
-class ApplyReport:
-    """What :func:`apply` did, per MoE layer: the same trace ``moe explain`` shows."""
+class ModelReport:
+    """Every experts module of a model, as :func:`report` found it."""
 
     model_class: str
     layers: list[LayerReport] = field(default_factory=list)
-    _swapped: list[tuple[torch.nn.Module, str, torch.nn.Module]] = field(default_factory=list, repr=False)
+    _restore: Any = field(default=None, repr=False)
 
     def summary(self) -> str:
         lines = [f"{self.model_class}: {len(self.layers)} MoE layers"]
         for r in self.layers:
-            p = r.plan
-            lines.append(f"  {r.name} ({r.module_class}) -> {p.backend}: {p.reason}")
+            exchange = f", tokens moved by {r.exchange}" if r.exchange else ""
+            lines.append(f"  {r.name} ({r.module_class}, experts_implementation="
+                         f"{r.implementation!r}, {r.sharding.describe()}{exchange})")
+            lines += [f"    {r.line(regime)}" for regime in r.resolutions]
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model_class,
-                "layers": [{"name": r.name, "module": r.module_class, **r.resolution.to_dict()}
-                           for r in self.layers]}
+        return {"model": self.model_class, "layers": [
+            {"name": r.name, "module": r.module_class, "implementation": r.implementation,
+             "sharding": {"tp": r.sharding.tp, "ep": r.sharding.ep, "rank": r.sharding.rank},
+             "exchange": r.exchange, "dispatcher": {g: r.dispatcher(g) for g in r.resolutions},
+             "loaded": list(r.loaded),
+             "plans": {g: res.to_dict() for g, res in r.resolutions.items()}}
+            for r in self.layers]}
 
     def layer_errors(self, model: torch.nn.Module, *args: Any, **kwargs: Any) -> dict[str, float]:
-        """Run ``model(*args, **kwargs)`` and compare each swapped layer's output with the
-        original module's on the very same inputs: relative error per layer. (Logits can
-        move more than any layer: a near-tie in a later router may flip.)"""
+        """Run ``model(*args, **kwargs)`` and compare each whole (unsharded) experts module's
+        output with transformers' eager experts loop on the very same inputs: relative error
+        per layer. (Logits can move more than any layer: a near-tie in a later router may flip.)"""
         from ..reference.oracle import relative_error
 
-        seen: dict[int, tuple] = {}
+        modules = dict(experts_modules(model))
+        seen: dict[str, tuple] = {}
 
-        def keep(i):
+        def keep(name):
             def hook(mod, inp, out):  # returns None: the output is left as it is
-                seen.setdefault(i, (inp, out))
+                seen.setdefault(name, (inp, out))
             return hook
 
-        hooks = [getattr(parent, attr).register_forward_hook(keep(i))
-                 for i, (parent, attr, _) in enumerate(self._swapped)]
+        names = [r.name for r in self.layers if r.sharding.tp == 1]
+        hooks = [modules[n].register_forward_hook(keep(n)) for n in names]
         try:
             with torch.no_grad():
                 model(*args, **kwargs)
                 out = {}
-                for i, ((_, _, original), r) in enumerate(zip(self._swapped, self.layers)):
-                    inp, got = seen[i]
-                    out[r.name] = relative_error(got, original(*inp))
+                for n in names:
+                    eager = getattr(type(modules[n]).forward, "__wrapped__", None)
+                    if eager is None:
+                        raise InputError(f"{n}: {type(modules[n]).__name__} has no eager forward "
+                                         "to compare with (not a @use_experts_implementation class)")
+                    inp, got = seen[n]
+                    out[n] = relative_error(got, eager(modules[n], *inp))
         finally:
             for h in hooks:
                 h.remove()
         return out
 
     def undo(self) -> None:
-        """Put every original experts module back."""
-        for parent, attr, original in reversed(self._swapped):
-            setattr(parent, attr, original)
-        self._swapped.clear()
+        """After :func:`apply`: the experts implementation the model had before, and the loaded
+        layers dropped."""
+        if self._restore is None:
+            raise InputError("undo() reverts apply(); this report was made by report()")
+        model, previous = self._restore
+        model.set_experts_implementation(previous)
+        release_model(model)
+        self._restore = None
 
 
-def apply(model: torch.nn.Module, *, tp: int = 1, ep: int = 1, host: Host | None = None,
-          force: str | None = None, disable=None, max_tokens: int = 65536) -> ApplyReport:
-    """Resolve and swap in a backend for every MoE layer of ``model``; returns the report.
-
-    :param tp, ep: must be 1: the whole layer runs in this process (sharding the experts
-        needs the model's own collectives).
-    :param host: the host to resolve with (default: the installed plugins).
-    :param force, disable: as for :meth:`moe_core.Host.resolve`, for every layer.
-    :param max_tokens: tokens per forward the plans are resolved for.
-    """
-    if tp != 1 or ep != 1:
-        raise InputError(f"apply() runs each layer whole in this process (tp=1, ep=1); got tp={tp} "
-                         f"ep={ep}. Shard with your engine's parallel layers and a per-rank spec.")
-    if host is None:
-        from .. import default_host
-        host = default_host()
-    config = getattr(model, "config", None)
-    report = ApplyReport(type(model).__name__)
-    found = [(n, m) for n, m in model.named_modules() if n and _is_experts(m)]
+def _found(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    found = experts_modules(model)
     if not found:
-        raise InputError(f"{type(model).__name__} has no MoE experts module that moe-core knows "
-                         f"(expected one of {sorted(KNOWN)})")
+        raise InputError(f"{type(model).__name__} has no MoE experts module (expected modules with "
+                         "3-D gate_up_proj and down_proj, as transformers >= 5 builds them)")
+    return found
+
+
+def report(model: torch.nn.Module, *, load: bool = False) -> ModelReport:
+    """Every experts module of ``model`` on this rank: sharding, token exchange and the trace
+    of its decode and prefill plans (resolution only, cached by the host).
+
+    :param load: also load both plans now (process the weights, build runners and
+        dispatchers) instead of on first call; under ``ep_implementation="moe_core"`` every
+        rank must then call it (building a dispatcher may be collective).
+    """
+    config = getattr(model, "config", None)
+    out = ModelReport(type(model).__name__)
+    for name, module in _found(model):
+        state = state_of(module, name)
+        ep = module.__dict__.get(EP_ATTR)
+        cfg = getattr(module, "config", config)
+        sharding = ep.sharding if ep is not None else sharding_of(module, state.layout, cfg, name)
+        opts = state.options
+        resolutions = {}
+        for max_tokens in (opts.decode_tokens, opts.max_tokens):
+            a2a = opts.a2a_for(max_tokens) if ep is not None else A2A.NONE
+            kw = dict(max_tokens=max_tokens, sharding=sharding, a2a=a2a)
+            if load:
+                load_for(module, state, group=ep.ep_group if ep is not None else None, **kw)
+            resolutions[regime_name(max_tokens, opts)] = resolve_for(module, state, **kw)[1]
+        loaded = [f"{regime_name(k[0], opts)} <= {k[0]} tokens, top-{k[1] or 'k'}: "
+                  f"{v.layer!r}" for k, v in state.loaded.items()]
+        out.layers.append(LayerReport(
+            name, type(module).__name__, getattr(cfg, "_experts_implementation", None), sharding,
+            exchange_of(module, cfg, sharding), resolutions, loaded))
+    return out
+
+
+def configure(model: torch.nn.Module, *, host=None, force: str | None = None, disable=None,
+              decode_tokens: int | None = None, max_tokens: int | None = None,
+              a2a: str | None = None) -> Options:
+    """How every experts module of ``model`` is resolved (see :class:`Options`); drops the
+    layers loaded so far. Without it: the installed plugins, ``$MOE_BACKEND``/``$MOE_DISABLE``."""
+    defaults = Options()
+    opts = Options(host=host, force=force, disable=disable,
+                   decode_tokens=decode_tokens or defaults.decode_tokens,
+                   max_tokens=max_tokens or defaults.max_tokens, a2a=a2a)
+    for _, module in _found(model):
+        set_options(module, opts)
+    return opts
+
+
+def release_model(model: torch.nn.Module) -> None:
+    """Drop every layer moe-core loaded for ``model`` and its :func:`configure` options."""
+    for _, module in experts_modules(model):
+        release(module)
+        module.__dict__.pop("_moe_core_options", None)
+
+
+def apply(model: torch.nn.Module, **options: Any) -> ModelReport:
+    """``model.set_experts_implementation("moe_core")`` on a loaded model, with every layer
+    loaded now (an unsupported layer fails here, not on the first forward); returns the
+    report, whose ``undo()`` switches back. ``options``: as for :func:`configure`."""
+    if not hasattr(model, "set_experts_implementation"):
+        raise InputError(f"{type(model).__name__} is not a transformers PreTrainedModel "
+                         "(expected set_experts_implementation)")
+    found = _found(model)
     for name, module in found:
-        cls = type(module).__name__
-        layout = KNOWN.get(cls)
-        if layout is None:
-            raise InputError(f"{name}: experts module {cls} has a layout moe-core does not know "
-                             f"(known: {', '.join(sorted(KNOWN))})")
-        spec = layer_spec(module, layout, config, max_tokens=max_tokens, name=name)
-        res = host.explain(spec, force=force, disable=disable)
-        plan = host.resolve(spec, force=force, disable=disable)  # raises with the trace if none
-        weights = canonical_weights(module, layout)
-        layer = host.load(plan, weights)
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attr, MoECoreExperts(layer, module))
-        report._swapped.append((parent, attr, module))
-        report.layers.append(LayerReport(name, cls, res))
-    return report
+        layout_of(module, name)  # the class is one moe-core can run
+    previous = model.config._experts_implementation
+    configure(model, **options)
+    model.set_experts_implementation(IMPLEMENTATION)
+    stuck = [f"{n} ({type(m).__name__})" for n, m in found
+             if getattr(getattr(m, "config", None), "_experts_implementation", None) != IMPLEMENTATION]
+    if stuck:
+        model.set_experts_implementation(previous)
+        raise InputError(f"{type(model).__name__} did not switch {', '.join(stuck)} to "
+                         f'"{IMPLEMENTATION}" (expected experts classes decorated with transformers\' '
+                         "@use_experts_implementation)")
+    out = report(model, load=True)
+    out._restore = (model, previous)
+    return out
 
 
 _TINY = dict(num_attention_heads=4, num_key_value_heads=2, head_dim=32, vocab_size=512,
@@ -234,7 +303,6 @@ _TINY = dict(num_attention_heads=4, num_key_value_heads=2, head_dim=32, vocab_si
              # DeepSeek's MLA and grouped routing, shrunk
              q_lora_rank=64, kv_lora_rank=32, qk_rope_head_dim=16, qk_nope_head_dim=16,
              v_head_dim=32, n_group=1, topk_group=1, first_k_dense_replace=0)
-_EXPERT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")
 #: Families whose tiny models are tested against transformers' own MoE blocks.
 TESTED_FAMILIES = ("qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "deepseek_v3", "gpt_oss")
 
@@ -263,7 +331,7 @@ def tiny_config(model_type: str, *, layers: int = 2, experts: int = 8, top_k: in
         kw["intermediate_size"] = 2 * intermediate
     if hasattr(base, "shared_expert_intermediate_size"):
         kw["shared_expert_intermediate_size"] = 2 * intermediate
-    kw.update({k: experts for k in _EXPERT_KEYS if hasattr(base, k)})
+    kw.update({k: experts for k in EXPERT_KEYS if hasattr(base, k)})
     if "qk_rope_head_dim" in kw:  # MLA: rotary dims are the head_dim
         kw["head_dim"] = kw["qk_rope_head_dim"]
     if getattr(base, "layer_types", None):
