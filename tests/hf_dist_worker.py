@@ -41,9 +41,9 @@ def quiet_transformers() -> None:
     logging.disable_progress_bar()
 
 
-def save_tiny_models(root: str, families, **shape) -> dict[str, str]:
+def save_tiny_models(root: str, families, device: str = "cpu", **shape) -> dict[str, str]:
     """A random bf16 checkpoint of each family under ``root`` (the single-process oracle and
-    every sharded load read the same weights)."""
+    every sharded load read the same weights), made on ``device``."""
     from transformers import AutoModelForCausalLM
 
     from moe_core.integrations.transformers import tiny_config
@@ -52,7 +52,8 @@ def save_tiny_models(root: str, families, **shape) -> dict[str, str]:
     out = {}
     for family in families:
         torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(tiny_config(family, **shape)).to(torch.bfloat16)
+        with torch.device(device):
+            model = AutoModelForCausalLM.from_config(tiny_config(family, **shape), dtype=torch.bfloat16)
         out[family] = os.path.join(root, family)
         model.save_pretrained(out[family])
     return out
@@ -67,6 +68,7 @@ def run(rank: int, world: int, paths: dict[str, str], device: str, tokens: int =
         cases=tuple(CASES)) -> list[dict]:
     """Every (family, case) on this rank; one record each."""
     import moe_core.integrations.transformers as moe_tf
+    from moe_core.integrations.hf_experts import experts_modules, state_of
     from moe_core.reference.oracle import relative_error
     from transformers import AutoModelForCausalLM
     from transformers.distributed import DistributedConfig
@@ -90,12 +92,16 @@ def run(rank: int, world: int, paths: dict[str, str], device: str, tokens: int =
                 distributed_config=DistributedConfig(**CASES[case])).eval()
             got, got_one = _logits(model, ids), _logits(model, one)
             rep = moe_tf.report(model)
+            dispatchers = {id(loaded.layer.dispatcher) for _, m in experts_modules(model)
+                           for loaded in state_of(m).loaded.values()
+                           if hasattr(loaded.layer, "dispatcher")}
             out.append(dict(
                 family=family, case=case, rank=rank, world=world, device=str(got.device),
                 error=relative_error(got, want), error_vs_single=relative_error(got, single),
                 error_one=relative_error(got_one, want_one),
                 error_one_vs_single=relative_error(got_one, single_one),
                 single_error=relative_error(single, want), seconds=time.perf_counter() - t0,
+                dispatchers=len(dispatchers),
                 layers=[dict(name=r.name, implementation=r.implementation,
                              sharding=r.sharding.describe(), exchange=r.exchange,
                              backend={g: str(res.plan.backend) if res.plan else None
@@ -143,7 +149,9 @@ def main() -> None:
     ap.add_argument("--top-k", type=int, default=8)
     ap.add_argument("--hidden", type=int, default=2048)
     ap.add_argument("--intermediate", type=int, default=768)
-    ap.add_argument("--tokens", type=int, default=256)
+    # 2 x 512 tokens: 512 per rank after the TP slicing, the prefill plan (DeepEP normal);
+    # the one-token call runs the decode plan (DeepEP low-latency)
+    ap.add_argument("--tokens", type=int, default=512)
     a = ap.parse_args()
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
@@ -153,7 +161,7 @@ def main() -> None:
     families = a.families.split(",")
     paths = {f: os.path.join(a.root, f) for f in families}
     if rank == 0:
-        save_tiny_models(a.root, families, layers=a.layers, experts=a.experts, top_k=a.top_k,
+        save_tiny_models(a.root, families, device, layers=a.layers, experts=a.experts, top_k=a.top_k,
                          hidden=a.hidden, intermediate=a.intermediate)
     dist.barrier()
     flat = gloo.gather(run(rank, world, paths, device, tokens=a.tokens))

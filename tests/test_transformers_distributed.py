@@ -65,6 +65,9 @@ def test_the_report_names_every_layers_backend_and_dispatcher(records, family, c
                 assert layer["sharding"] == f"expert tensor parallel 2 (rank {r['rank']})"
             # the calls ran the decode plan (<= 256 tokens), loaded once
             assert len(layer["loaded"]) == 1 and "(decode)" in layer["loaded"][0], layer
+        # one dispatcher serves both layers (same shape), built once
+        assert r["dispatchers"] == (1 if case == "ep2-moe_core" else 0), r
+        for layer in r["layers"]:
             if case == "ep2-moe_core":
                 assert "DispatchedLayer(reference:loop via torch:all_to_all" in layer["loaded"][0]
                 assert "a2a=deepep_ll" in layer["loaded"][0]  # asked for DeepEP, fell through

@@ -17,6 +17,7 @@ parallelism (``grouped_gemm``: whole experts, dim 0) or expert tensor parallelis
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -404,6 +405,21 @@ def load_for(module: torch.nn.Module, state: ExpertsState, *, max_tokens: int,
     if plan.dispatcher is not None:
         from ..ep import DispatchedLayer
 
-        layer = DispatchedLayer(layer, host.make_dispatcher(plan, group))
+        layer = DispatchedLayer(layer, shared_dispatcher(host, plan, group))
     hit = state.loaded[cache_key] = Loaded(res, layer)
     return hit
+
+
+#: One dispatcher per (host, plan's dispatcher and spec, group), shared by every layer of that
+#: shape: layers run one after another, a dispatcher keeps no state between calls (the
+#: handle travels in ``Dispatched``), and DeepEP's buffers are large. Held by the layers
+#: using it: gone with the model.
+_DISPATCHERS: weakref.WeakValueDictionary = weakref.WeakValueDictionary()
+
+
+def shared_dispatcher(host: Host, plan, group: Any):
+    key = (id(host), plan.dispatcher, plan.spec, plan.dispatch, group)
+    d = _DISPATCHERS.get(key)
+    if d is None:
+        d = _DISPATCHERS[key] = host.make_dispatcher(plan, group)
+    return d

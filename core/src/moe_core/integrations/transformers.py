@@ -112,7 +112,7 @@ class LayerReport:
     exchange: str | None
     #: "decode" / "prefill" -> the ``moe explain`` trace of that plan on this rank.
     resolutions: dict[str, Resolution]
-    #: The layers loaded so far, one line each.
+    #: The layers loaded so far (their repr: backend, dispatcher, spec with its token limit).
     loaded: list[str] = field(default_factory=list)
 
     @property
@@ -244,8 +244,7 @@ def report(model: torch.nn.Module, *, load: bool = False) -> ModelReport:
             if load:
                 load_for(module, state, group=ep.ep_group if ep is not None else None, **kw)
             resolutions[regime_name(max_tokens, opts)] = resolve_for(module, state, **kw)[1]
-        loaded = [f"{regime_name(k[0], opts)} <= {k[0]} tokens, top-{k[1] or 'k'}: "
-                  f"{v.layer!r}" for k, v in state.loaded.items()]
+        loaded = [repr(v.layer) for v in state.loaded.values()]
         out.layers.append(LayerReport(
             name, type(module).__name__, getattr(cfg, "_experts_implementation", None), sharding,
             exchange_of(module, cfg, sharding), resolutions, loaded))
