@@ -165,11 +165,20 @@ def test_apply_loads_every_layer_and_undo_switches_back():
     assert model.config._experts_implementation == "moe_core"
     assert all(len(r.loaded) == 2 for r in rep.layers)  # decode and prefill, before any call
     assert relative_error(logits(model, ids), before) < TOLERANCE
+    assert all(len(r.loaded) == 2 for r in report(model).layers)  # the call used the loaded one
     rep.undo()
     assert model.config._experts_implementation == "grouped_mm"
     assert torch.equal(logits(model, ids), before)
     with pytest.raises(InputError, match="undo\\(\\) reverts apply\\(\\)"):
         report(model).undo()
+
+
+def test_options_are_checked():
+    model = tiny_model("mixtral")
+    with pytest.raises(InputError, match="a2a='none': expected a mode that moves tokens"):
+        configure(model, a2a="none")
+    with pytest.raises(InputError, match="expected 0 < decode_tokens <= max_tokens"):
+        configure(model, decode_tokens=512, max_tokens=256)
 
 
 def test_the_report_is_the_explain_trace():

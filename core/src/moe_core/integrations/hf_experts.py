@@ -276,6 +276,10 @@ class Options:
             raise InputError(f"decode_tokens={self.decode_tokens}, max_tokens={self.max_tokens}: "
                              "expected 0 < decode_tokens <= max_tokens")
         if self.a2a is not None:
+            moving = [m.value for m in A2A if m is not A2A.NONE]
+            if self.a2a not in moving:
+                raise InputError(f"a2a={self.a2a!r}: expected a mode that moves tokens between "
+                                 f"expert-parallel ranks ({', '.join(moving)}), or None")
             object.__setattr__(self, "a2a", A2A(self.a2a))
 
     def the_host(self) -> Host:
@@ -338,9 +342,12 @@ def set_options(module: torch.nn.Module, options: Options) -> None:
     module.__dict__.pop(_STATE, None)
 
 
-def release(module: torch.nn.Module) -> None:
-    """Drop the layers loaded for ``module`` (they are rebuilt on the next call)."""
+def release(module: torch.nn.Module, *, options: bool = False) -> None:
+    """Drop the layers loaded for ``module`` (they are rebuilt on the next call), and with
+    ``options`` what :func:`set_options` set."""
     module.__dict__.pop(_STATE, None)
+    if options:
+        module.__dict__.pop(_OPTIONS, None)
 
 
 def state_of(module: torch.nn.Module, name: str = "") -> ExpertsState:
@@ -387,6 +394,8 @@ def load_for(module: torch.nn.Module, state: ExpertsState, *, max_tokens: int,
              group: Any = None) -> Loaded:
     """The layer for one plan, loaded on first use: resolve, process the weights (once per
     backend) and build the runner, plus the dispatcher on ``group`` when tokens travel."""
+    if top_k == getattr(module.config, "num_experts_per_tok", None):
+        top_k = None  # the config's: one layer whoever asks (report, the experts forward)
     cache_key = (max_tokens, top_k, a2a)
     hit = state.loaded.get(cache_key)
     if hit is not None:

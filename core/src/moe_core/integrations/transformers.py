@@ -268,8 +268,7 @@ def configure(model: torch.nn.Module, *, host=None, force: str | None = None, di
 def release_model(model: torch.nn.Module) -> None:
     """Drop every layer moe-core loaded for ``model`` and its :func:`configure` options."""
     for _, module in experts_modules(model):
-        release(module)
-        module.__dict__.pop("_moe_core_options", None)
+        release(module, options=True)
 
 
 def apply(model: torch.nn.Module, **options: Any) -> ModelReport:
