@@ -236,6 +236,16 @@ def plot(rows: list[dict], path: str, title: str) -> str:
     return f"plot: {path}"
 
 
+def report_results(results: list[dict], plot_path: str | None) -> None:
+    for res in results:
+        print_table(res["rows"], res["title"])
+        for ep_impl, plans in {r["ep_impl"]: r["plans"] for r in res["rows"] if r["plans"]}.items():
+            print(f"moe_core plans ({ep_impl or 'one GPU'}): {plans}")
+        if plot_path:
+            path = plot_path if len(results) == 1 else plot_path.replace(".png", f"-{res['preset']}.png")
+            print(plot(res["rows"], path, res["title"]))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="qwen3-30b-a3b", help=f"one of {', '.join(PRESETS)}, or several, comma-separated")
@@ -247,7 +257,14 @@ def main() -> None:
     ap.add_argument("--decode", default=",".join(map(str, DECODE)), help="sequences of one token")
     ap.add_argument("--prefill", default=",".join(map(str, PREFILL)), help="tokens of one sequence")
     ap.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke run (gloo for EP)")
+    ap.add_argument("--from-json", default=None,
+                    help="print and plot the results of an earlier run (no GPU needed): the GPU "
+                         "machine may have no matplotlib")
     a = ap.parse_args()
+    if a.from_json:
+        results = json.loads(Path(a.from_json).read_text())["results"]
+        report_results(results, a.plot)
+        return
     if a.device == "cuda" and not torch.cuda.is_available():
         sys.exit("needs a CUDA GPU (run scripts/gpu_transformers.sh on the device machine), "
                  "or --device cpu for a smoke run")
@@ -284,18 +301,11 @@ def main() -> None:
         title = (f"{name} ({preset['family']}, {preset['layers']} layers, E={preset['experts']} "
                  f"top{preset['top_k']} H={preset['hidden']} I={preset['intermediate']}) on "
                  f"{env['device']}, EP={a.ep}")
-        if rank == 0:
-            print_table(rows, title)
-            for ep_impl, plans in {r["ep_impl"]: r["plans"] for r in rows if r["plans"]}.items():
-                print(f"moe_core plans ({ep_impl or 'one GPU'}): {plans}")
         results.append(dict(preset=name, **preset, title=title, rows=rows))
     if rank == 0:
         if a.out:
             Path(a.out).write_text(json.dumps(dict(env=env, results=results), indent=1))
-        if a.plot:
-            for res in results:
-                path = a.plot if len(results) == 1 else a.plot.replace(".png", f"-{res['preset']}.png")
-                print(plot(res["rows"], path, res["title"]))
+        report_results(results, a.plot)
     if a.ep > 1:
         torch.distributed.destroy_process_group()
 
