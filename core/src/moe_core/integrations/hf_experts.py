@@ -74,11 +74,16 @@ def experts_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]
     return [(n, m) for n, m in model.named_modules() if n and is_experts(m)]
 
 
+def _at(name: str) -> str:
+    """``"name: "`` to start an error about the module called ``name`` (nothing if unnamed)."""
+    return f"{name}: " if name else ""
+
+
 def layout_of(module: torch.nn.Module, name: str = "") -> ExpertsLayout:
     """The module's layout, from the flags ``@use_experts_implementation`` put on it; an
     :class:`InputError` naming the class when moe-core cannot run what it computes."""
     cls = type(module).__name__
-    where = f"{name}: " if name else ""
+    where = _at(name)
     if not hasattr(module, "is_transposed"):  # not decorated: only the tested classes
         if cls not in KNOWN:
             raise InputError(f"{where}experts module {cls} has a layout moe-core does not know "
@@ -187,26 +192,27 @@ def _rank_in(size: int, what: str) -> int:
     return dist.get_rank() % size
 
 
-def sharding_of(module: torch.nn.Module, layout: ExpertsLayout, config: Any, name: str = "") -> Sharding:
+def sharding_of(module: torch.nn.Module, layout: ExpertsLayout, config: Any,
+                name: str = "") -> Sharding:
     """Compare the local parameter shapes with the config's sizes."""
     gu = local(module.gate_up_proj)
     local_experts = gu.shape[0]
     local_inter = (gu.shape[2] if layout.transposed else gu.shape[1]) // 2
     experts = _config_int(config, EXPERT_KEYS)
     inter = _config_int(config, ("moe_intermediate_size", "intermediate_size"))
-    cls = type(module).__name__
+    it = f"{_at(name)}{type(module).__name__}"
     if experts is not None and local_experts != experts:
         if local_experts > experts or experts % local_experts:
-            raise ModelConfigError(f"{name}: {cls} holds {local_experts} experts and the config says "
+            raise ModelConfigError(f"{it} holds {local_experts} experts and the config says "
                                    f"{experts}; expected a divisor of {experts} (expert parallelism)")
         ep = experts // local_experts
-        return Sharding(ep, ep, _rank_in(ep, f"{name}: {cls} holds {local_experts} of {experts} experts"))
+        return Sharding(ep, ep, _rank_in(ep, f"{it} holds {local_experts} of {experts} experts"))
     if inter is not None and local_inter != inter:
         if local_inter > inter or inter % local_inter:
-            raise ModelConfigError(f"{name}: {cls} has intermediate size {local_inter} and the config "
+            raise ModelConfigError(f"{it} has intermediate size {local_inter} and the config "
                                    f"{inter}; expected a divisor of {inter} (tensor parallelism)")
         tp = inter // local_inter
-        return Sharding(tp, 1, _rank_in(tp, f"{name}: {cls} holds 1/{tp} of each expert"))
+        return Sharding(tp, 1, _rank_in(tp, f"{it} holds 1/{tp} of each expert"))
     return Sharding()
 
 
@@ -228,7 +234,7 @@ def layer_spec(module: torch.nn.Module, layout: ExpertsLayout, config: Any, *, m
                                "experts per token")
     dtype = gu.dtype
     if dtype not in _DTYPE_NAMES:
-        raise InputError(f"{name}: {type(module).__name__} weights are {dtype}; expected bf16, "
+        raise InputError(f"{_at(name)}{type(module).__name__} weights are {dtype}; expected bf16, "
                          "fp16 or fp32 (quantized transformers checkpoints are not supported yet)")
     kw: dict[str, Any] = {}
     if layout.swiglu_limit:
@@ -237,7 +243,7 @@ def layer_spec(module: torch.nn.Module, layout: ExpertsLayout, config: Any, *, m
     else:
         act = getattr(config, "hidden_act", "silu")
         if act not in _ACTIVATIONS:
-            raise ModelConfigError(f"{name}: hidden_act {act!r} of {type(config).__name__} is not a "
+            raise ModelConfigError(f"{_at(name)}hidden_act {act!r} of {type(config).__name__} is not a "
                                    f"gated activation moe-core knows ({sorted(_ACTIVATIONS)})")
         kw = dict(activation=_ACTIVATIONS[act])
     moe_tp = sharding.tp // sharding.ep
