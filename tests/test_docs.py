@@ -21,8 +21,11 @@ DOCS = [ROOT / "README.md", ROOT / "docs" / "writing-a-backend.md"]
 #: run on a CI machine are named here by a line they contain, with the reason.
 README_SKIPS = {
     'dist.init_process_group("nccl")': "needs an NCCL process group of ep_size GPU ranks",
-    "report = apply(model)": "needs a loaded transformers model (`moe hf` and "
-                             "tests/test_transformers_integration.py run it)",
+    'from_pretrained(name, dtype=torch.bfloat16, experts_implementation="moe_core"':
+        "needs a transformers checkpoint `name` (tests/test_transformers_integration.py loads a "
+        "saved tiny one the same way; tests/test_transformers_distributed.py shards it on gloo)",
+    "rep = apply(model)": "needs a loaded transformers model (`moe hf` and "
+                          "tests/test_transformers_integration.py run it)",
 }
 
 

@@ -1,8 +1,13 @@
-"""The transformers integration: tiny random-weight models of each supported family give the
-same logits after :func:`apply` as the untouched model (transformers' own MoE blocks are the
-oracle), a fall-through layer still matches, and undo restores the model exactly."""
+"""The transformers integration in one process: ``experts_implementation="moe_core"`` on tiny
+random-weight models of each supported family gives the logits of transformers' own experts
+(its MoE blocks are the oracle), weights are processed once per backend and again only when
+they change, decode and prefill calls get their own plans, the report is the explain trace,
+and classes moe-core cannot run are refused by name."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,9 +15,11 @@ import torch
 pytest.importorskip("transformers", reason="the transformers extra is not installed")
 
 from conftest import host_with, make_plugin, one  # noqa: E402
-from moe_core import Reason, Verdict  # noqa: E402
+from moe_core import Reason, Regime, Verdict  # noqa: E402
 from moe_core.errors import InputError  # noqa: E402
-from moe_core.integrations.transformers import apply, tiny_config  # noqa: E402
+from moe_core.integrations.hf_experts import UnsupportedExperts  # noqa: E402
+from moe_core.integrations import transformers as moe_tf  # noqa: E402
+from moe_core.integrations.transformers import apply, configure, report, tiny_config  # noqa: E402
 from moe_core.reference.oracle import relative_error  # noqa: E402
 
 FAMILIES = ["qwen3_moe", "mixtral", "olmoe", "qwen2_moe", "deepseek_v3", "gpt_oss"]
@@ -20,11 +27,12 @@ FAMILIES = ["qwen3_moe", "mixtral", "olmoe", "qwen2_moe", "deepseek_v3", "gpt_os
 TOLERANCE = 2e-2
 
 
-def tiny_model(model_type, dtype=torch.bfloat16, **overrides):
+def tiny_model(model_type, dtype=torch.bfloat16, experts_implementation=None, **overrides):
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_config(tiny_config(model_type, **overrides)).to(dtype).eval()
+    kw = {"experts_implementation": experts_implementation} if experts_implementation else {}
+    return AutoModelForCausalLM.from_config(tiny_config(model_type, **overrides), **kw).to(dtype).eval()
 
 
 def logits(model, ids):
@@ -32,22 +40,108 @@ def logits(model, ids):
         return model(ids).logits.float()
 
 
+def token_ids(seed=1, shape=(2, 16)):
+    return torch.randint(0, 512, shape, generator=torch.Generator().manual_seed(seed))
+
+
+def counting_reference(calls):
+    """A plugin that runs the reference runner and counts its process_weights calls."""
+    def process(plan, weights):
+        calls.append(plan.spec.max_tokens)
+        return weights
+    return make_plugin(one("counted", 100), lambda s: [Verdict.yes("counted")], process=process)
+
+
+def test_importing_moe_core_does_not_import_transformers():
+    code = "import sys, moe_core; moe_core.default_host(); print('transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_moe_core_is_registered_with_transformers_interfaces():
+    from transformers.integrations.finegrained_fp8 import ALL_FP8_EXPERTS_FUNCTIONS
+    from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
+
+    assert ALL_EXPERTS_FUNCTIONS["moe_core"] is moe_tf.experts_forward
+    try:
+        from transformers.distributed.expert_parallel import EPImplementationInterface
+    except ImportError:  # transformers < 5.2x (e.g. 5.17): no ep_implementation interface
+        assert moe_tf.MoECoreEP is None
+    else:
+        assert EPImplementationInterface()["moe_core"] is moe_tf.MoECoreEP
+    # FP8-quantized experts get moe-core's reason, not transformers' KeyError
+    fp8 = ALL_FP8_EXPERTS_FUNCTIONS.get_interface("moe_core", None)
+    with pytest.raises(InputError, match="FP8-quantized experts are not supported yet"):
+        fp8(torch.nn.Module(), None, None, None)
+
+
+def test_from_pretrained_one_line_matches_transformers(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    tiny_model("qwen3_moe").save_pretrained(tmp_path)
+    ref = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16).eval()
+    ours = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.bfloat16,
+                                                experts_implementation="moe_core").eval()
+    assert ours.config._experts_implementation == "moe_core"
+    ids = token_ids()
+    want, got = logits(ref, ids), logits(ours, ids)
+    assert 0 < relative_error(got, want) < TOLERANCE
+    rep = report(ours)
+    assert [r.implementation for r in rep.layers] == ["moe_core"] * 2
+    assert all(r.loaded and "reference:loop" in r.loaded[0] for r in rep.layers), rep.summary()
+
+
 @pytest.mark.parametrize("family", FAMILIES)
-def test_apply_keeps_the_logits_and_undo_restores_them(family):
+def test_set_experts_implementation_keeps_the_logits(family):
     model = tiny_model(family)
-    ids = torch.randint(0, 512, (2, 16), generator=torch.Generator().manual_seed(1))
+    ids = token_ids()
     before = logits(model, ids)
-    report = apply(model, host=host_with())
-    assert len(report.layers) == 2 and all(r.plan is not None for r in report.layers)
-    assert "MoECoreExperts" in repr(model)
+    model.set_experts_implementation("moe_core")
     after = logits(model, ids)
     err = relative_error(after, before)
-    assert err < TOLERANCE, f"{family}: {err:.2e}"
-    per_layer = report.layer_errors(model, ids)  # each layer vs transformers' own experts
+    assert 0 < err < TOLERANCE, f"{family}: {err:.2e}"  # > 0: moe-core really ran
+    rep = report(model)
+    per_layer = rep.layer_errors(model, ids)  # each layer vs transformers' eager experts loop
     assert len(per_layer) == 2 and max(per_layer.values()) < TOLERANCE, per_layer
-    assert not torch.equal(after, before)  # the swap really happened
-    report.undo()
+    model.set_experts_implementation("grouped_mm")
     assert torch.equal(logits(model, ids), before)
+
+
+def test_weights_are_processed_once_and_again_when_they_change():
+    calls = []
+    model = tiny_model("mixtral", experts_implementation="moe_core")
+    configure(model, host=host_with(("counted", counting_reference(calls))))
+    ids = token_ids()
+    first = logits(model, ids)
+    assert len(calls) == 2  # one per layer
+    assert torch.equal(logits(model, ids), first) and len(calls) == 2
+    experts = model.model.layers[0].mlp.experts
+    with torch.no_grad():
+        experts.down_proj.mul_(2)  # in place: the version counter moves
+    changed = logits(model, ids)
+    assert len(calls) == 3 and not torch.equal(changed, first)
+    experts.down_proj = torch.nn.Parameter(experts.down_proj.detach().clone())  # a new tensor
+    assert torch.equal(logits(model, ids), changed) and len(calls) == 4
+
+
+def test_decode_and_prefill_calls_get_their_own_plans():
+    """A backend that only takes prefill-sized plans runs the long call; the reference the short."""
+    calls = []
+    prefill_only = make_plugin(one("prefill", 100), lambda s: [
+        Verdict.yes("prefill") if s.token_regime is Regime.PREFILL else
+        Verdict.no("prefill", Reason.SHAPE_UNSUPPORTED, f"{s.max_tokens} tokens is decode")])
+    model = tiny_model("olmoe", experts_implementation="moe_core")
+    configure(model, host=host_with(("prefill", prefill_only), ("counted", counting_reference(calls))),
+              disable="counted", decode_tokens=8, max_tokens=512)
+    logits(model, token_ids(shape=(1, 4)))
+    logits(model, token_ids(shape=(2, 20)))
+    layer = report(model).layers[0]
+    assert {g: str(r.plan.backend) for g, r in layer.resolutions.items()} == {
+        "decode": "reference:loop", "prefill": "prefill:prefill"}
+    assert len(layer.loaded) == 2 and "tokens<=8 (decode)" in layer.loaded[0]
+    assert "prefill:prefill" in layer.loaded[1] and "tokens<=512" in layer.loaded[1]
+    declined = [c for c in layer.resolutions["decode"].candidates if c.plugin == "prefill"]
+    assert "8 tokens is decode" in declined[0].reason
 
 
 def test_a_layer_that_falls_through_still_matches():
@@ -58,25 +152,55 @@ def test_a_layer_that_falls_through_still_matches():
                    f"intermediate {s.intermediate_per_partition} is not a multiple of 128")])
     for inter, backend in ((128, "strict:aligned"), (96, "reference:loop")):
         model = tiny_model("qwen3_moe", intermediate=inter)
-        ids = torch.randint(0, 512, (1, 12), generator=torch.Generator().manual_seed(2))
+        ids = token_ids(seed=2, shape=(1, 12))
         before = logits(model, ids)
-        report = apply(model, host=host_with(("strict", strict)))
-        assert {str(r.plan.backend) for r in report.layers} == {backend}
+        rep = apply(model, host=host_with(("strict", strict)))
+        assert {str(r.plan.backend) for r in rep.layers} == {backend}
         if inter == 96:
-            declined = [c for c in report.layers[0].resolution.candidates if c.plugin == "strict"]
+            declined = [c for c in rep.layers[0].resolution.candidates if c.plugin == "strict"]
             assert "not a multiple of 128" in declined[0].reason
         assert relative_error(logits(model, ids), before) < TOLERANCE
 
 
-def test_the_report_is_the_explain_trace():
+def test_apply_loads_every_layer_and_undo_switches_back():
+    model = tiny_model("deepseek_v3")
+    ids = token_ids()
+    before = logits(model, ids)
+    rep = apply(model, host=host_with())
+    assert model.config._experts_implementation == "moe_core"
+    assert all(len(r.loaded) == 2 for r in rep.layers)  # decode and prefill, before any call
+    assert relative_error(logits(model, ids), before) < TOLERANCE
+    assert all(len(r.loaded) == 2 for r in report(model).layers)  # the call used the loaded one
+    rep.undo()
+    assert model.config._experts_implementation == "grouped_mm"
+    assert torch.equal(logits(model, ids), before)
+    with pytest.raises(InputError, match="undo\\(\\) reverts apply\\(\\)"):
+        report(model).undo()
+
+
+def test_options_are_checked():
     model = tiny_model("mixtral")
-    report = apply(model, host=host_with())
-    d = report.to_dict()
+    with pytest.raises(InputError, match="a2a='none': expected a mode that moves tokens"):
+        configure(model, a2a="none")
+    with pytest.raises(InputError, match="expected 0 < decode_tokens <= max_tokens"):
+        configure(model, decode_tokens=512, max_tokens=256)
+
+
+def test_the_report_is_the_explain_trace():
+    model = tiny_model("mixtral", experts_implementation="moe_core")
+    rep = report(model)
+    d = rep.to_dict()
     assert d["model"] == "MixtralForCausalLM"
     layer = d["layers"][0]
     assert layer["name"].endswith("experts") and layer["module"] == "MixtralExperts"
-    assert layer["chosen"] and layer["candidates"] and layer["spec"]["num_experts"] == 8
-    assert "MixtralExperts" in report.summary()
+    assert layer["implementation"] == "moe_core" and layer["sharding"] == {"tp": 1, "ep": 1, "rank": 0}
+    assert layer["dispatcher"] == {"decode": None, "prefill": None} and layer["loaded"] == []
+    for regime, max_tokens in (("decode", 256), ("prefill", 65536)):
+        plan = layer["plans"][regime]
+        assert plan["chosen"] and plan["candidates"] and plan["spec"]["num_experts"] == 8
+        assert plan["spec"]["max_tokens"] == max_tokens
+    text = rep.summary()
+    assert "MixtralExperts" in text and "prefill (<= 65536 tokens/rank): reference:loop" in text
 
 
 def test_a_dense_model_is_refused_with_its_class_name():
@@ -88,19 +212,80 @@ def test_a_dense_model_is_refused_with_its_class_name():
         apply(AutoModelForCausalLM.from_config(cfg))
 
 
-def test_experts_moe_core_cannot_run_are_refused_by_the_feature():
-    """The layout is read from the module's flags; one moe-core does not compute is named."""
+def _identity_gate(self, gate_up):
+    return gate_up
+
+
+def _retype(experts, name, **attrs):
+    experts.__class__ = type(name, (type(experts),), attrs)
+
+
+@pytest.mark.parametrize("name, attrs, flags, match", [
+    ("FancyExperts", {"_apply_gate": _identity_gate}, {},
+     "FancyExperts\\): _apply_gate: applies its own gate \\(_identity_gate\\), which does not "
+     "compute silu_gated"),
+    ("NormedExperts", {}, {"has_post_expert_norm": True},
+     "NormedExperts\\): has_post_expert_norm: a norm after each expert's down projection"),
+    ("UpOnlyExperts", {}, {"has_gate": False},
+     "UpOnlyExperts\\): has_gate: declares has_gate=False but holds gate_up_proj"),
+    ("BiasedExperts", {}, {"has_bias": True},
+     "BiasedExperts\\): has_bias: declares expert biases but holds neither gate_up_proj_bias"),
+])
+def test_an_experts_class_moe_core_cannot_run_is_named(name, attrs, flags, match):
     model = tiny_model("qwen3_moe")
     experts = model.model.layers[0].mlp.experts
-    experts.__class__ = type("FancyExperts", (type(experts),), {})
-    experts.has_post_expert_norm = True
-    with pytest.raises(InputError, match="FancyExperts.*has_post_expert_norm: a norm after each"):
+    _retype(experts, name, **attrs)
+    experts.__dict__.update(flags)
+    with pytest.raises(InputError, match=match):
         apply(model, host=host_with())
+    assert model.config._experts_implementation == "grouped_mm"  # nothing switched
 
 
-def test_sharding_is_refused_with_the_reason():
-    with pytest.raises(InputError, match="tp=1, ep=1"):
-        apply(tiny_model("mixtral"), tp=2)
+def test_a_subclass_with_the_default_gate_runs_from_its_declared_flags():
+    model = tiny_model("qwen3_moe")
+    ids = token_ids()
+    before = logits(model, ids)
+    _retype(model.model.layers[0].mlp.experts, "RenamedExperts")
+    rep = apply(model, host=host_with())
+    assert rep.layers[0].module_class == "RenamedExperts"
+    assert relative_error(logits(model, ids), before) < TOLERANCE
+
+
+def test_an_undecorated_class_is_read_by_its_shapes_or_refused_by_name():
+    class PlainExperts(torch.nn.Module):  # no forward(hidden_states, top_k_index, top_k_weights)
+        def __init__(self):
+            super().__init__()
+            self.gate_up_proj = torch.nn.Parameter(torch.zeros(4, 16, 8))
+            self.down_proj = torch.nn.Parameter(torch.zeros(4, 8, 8))
+
+    with pytest.raises(UnsupportedExperts, match="experts \\(PlainExperts\\): forward: forward\\(input\\)"):
+        moe_tf.experts_layout(PlainExperts(), "experts")
+
+    class RoutedExperts(PlainExperts):  # [E, H, 2I] (in x out), told by down_proj [E, I, H]
+        def __init__(self):
+            super().__init__()
+            self.gate_up_proj = torch.nn.Parameter(torch.zeros(4, 12, 16))
+            self.down_proj = torch.nn.Parameter(torch.zeros(4, 8, 12))
+
+        def forward(self, hidden_states, top_k_index, top_k_weights):
+            raise AssertionError("not called")
+
+    assert moe_tf.experts_layout(RoutedExperts()) == moe_tf.ExpertsLayout(transposed=True)
+
+
+def test_a_custom_gate_that_computes_the_default_runs():
+    """A class's own _apply_gate is checked on a probe, not refused for being its own."""
+    def upcast_gate(self, gate_up):  # beam's: the default in fp32
+        gate, up = gate_up.chunk(2, dim=-1)
+        return (self.act_fn(gate.float()) * up.float()).to(gate.dtype)
+
+    model = tiny_model("qwen3_moe")
+    ids = token_ids()
+    before = logits(model, ids)
+    _retype(model.model.layers[0].mlp.experts, "UpcastExperts", _apply_gate=upcast_gate)
+    rep = apply(model, host=host_with())
+    assert rep.layers[0].module_class == "UpcastExperts"
+    assert relative_error(logits(model, ids), before) < TOLERANCE
 
 
 def test_moe_hf_runs_a_bundled_family_and_refuses_an_untested_one():

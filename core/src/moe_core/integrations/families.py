@@ -27,8 +27,8 @@ from ..errors import MoEError, ModelConfigError
 from ..hf_config import parse_hf_config
 from ..reference.oracle import relative_error
 from ..routing import route
-from .transformers import (UnsupportedExperts, _is_experts, canonical_weights, experts_layout,
-                           layer_spec)
+from .hf_experts import (EXPERT_KEYS, TOP_K_KEYS, UnsupportedExperts, canonical_weights,
+                         experts_layout, experts_modules, layer_spec)
 
 #: fp32 on both sides with bf16-exact weights: only the summation order differs.
 TOLERANCE = 1e-5
@@ -52,9 +52,6 @@ FIXES: dict[str, dict[str, Any]] = {
     "deepseek_ocr2": {"text_config": {"mlp_layer_types": ["dense"] + ["sparse"] * (LAYERS - 1)}},
     "dots1": {"n_shared_experts": 1},
 }
-_EXPERT_KEYS = {"num_experts", "num_local_experts", "n_routed_experts", "moe_num_experts"}
-_TOP_K_KEYS = {"num_experts_per_tok", "top_k_experts", "moe_topk", "num_experts_per_token", "moe_k",
-               "moe_top_k"}
 _SIZE_KEY = re.compile(r"intermediate_size|ffn_hidden_size|share_expert_dim|intermediate_dim")
 #: Sub-models the config parser does not read: their experts are checked from the module only.
 _OTHER_TOWERS = re.compile(r"talker|vision|visual|audio|code2wav|code_predictor")
@@ -110,9 +107,9 @@ def _shrink(d: dict[str, Any]) -> dict[str, Any]:
             v = v[:keep]
         elif keep and k in ("moe_layers", "mlp_only_layers") and isinstance(v, list):
             v = [i for i in v if isinstance(i, int) and i < keep]
-        elif k in _EXPERT_KEYS and (v is None or isinstance(v, int)):
+        elif k in EXPERT_KEYS and (v is None or isinstance(v, int)):
             v = EXPERTS if v is None or v > EXPERTS else v
-        elif k in _TOP_K_KEYS and (v is None or isinstance(v, int)):
+        elif k in TOP_K_KEYS and (v is None or isinstance(v, int)):
             v = TOP_K if v is None or v > TOP_K else v
         elif _SIZE_KEY.search(k) and isinstance(v, int) and v > 0:
             v = INTERMEDIATE
@@ -208,7 +205,7 @@ def _layer_index(name: str) -> int | None:
 
 def _compare_experts(name: str, module: torch.nn.Module, config, gen: torch.Generator,
                      host) -> tuple[Any, float]:
-    layout = experts_layout(module, f"{name} ({type(module).__name__})")
+    layout = experts_layout(module, name)
     spec = layer_spec(module, layout, config, max_tokens=TOKENS, name=name, act_dtype="fp32")
     weights = canonical_weights(module, layout)
     layer = host.load(spec, weights)
@@ -301,7 +298,7 @@ def _check(family: str, host, r: FamilyResult) -> None:
     d = _config_dict(family)
     model, r.causal_lm = _build_meta(family, d)
     mc = parse_hf_config(d, name=family)
-    found = [(n, m) for n, m in model.named_modules() if n and _is_experts(m)]
+    found = experts_modules(model)
     if not found:
         raise UnsupportedExperts(family, "experts", "no 3-D gate_up_proj/down_proj experts module "
                                  f"(expected one; {family} keeps its experts another way)")

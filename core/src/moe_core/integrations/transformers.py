@@ -1,316 +1,300 @@
-"""Resolve the MoE layers of a Hugging Face ``transformers`` model at load
-(``pip install moe-core[transformers]``).
+"""moe-core inside Hugging Face ``transformers`` (``pip install 'moe-core[transformers]'``):
+an experts implementation named ``"moe_core"`` and, on transformers >= 5.2x, an
+expert-parallel token exchange of the same name. Importing this module registers both with
+transformers' own interfaces (``ExpertsInterface.register``,
+``EPImplementationInterface.register``); nothing of transformers is patched::
 
-:func:`apply` finds every routed-expert module (transformers >= 5 keeps each layer's experts
-as one module with 3-D ``gate_up_proj`` / ``down_proj``), builds that layer's spec from the
-model's own config, takes its weights into the canonical layout, resolves, processes the
-weights and swaps the module for one that calls the resolved runner. The router, shared
-experts and everything else stay the model's. :meth:`ApplyReport.undo` puts the original
-modules back.
+    import moe_core.integrations.transformers    # registers "moe_core"
+    model = AutoModelForCausalLM.from_pretrained(name, experts_implementation="moe_core")
+
+Each MoE layer's experts module is then resolved through the host on its first call, from
+the module's own shapes and layout flags and the model's config (the model's router, shared
+experts and everything else stay the model's): the spec on this rank, the plan, the weights
+processed once per backend and cached on the module until its weights change. Calls of at
+most ``decode_tokens`` tokens run the decode plan, larger ones the prefill plan.
+
+Sharded by transformers (``distributed_config=DistributedConfig(...)``), each rank runs its
+shard: expert tensor parallelism (``tp_size``; transformers all-reduces the partial sums) and
+expert parallelism (``ep_size``) with transformers' token exchange, or with moe-core's
+(``ep_implementation="moe_core"``: the dispatcher the host resolves, DeepEP where it can
+serve the layer, else ``torch:all_to_all``).
+
+:func:`report` gives, per layer, the ``moe explain`` trace of each plan; :func:`configure`
+sets the host, force/disable and token limits; :func:`apply` switches a loaded model over,
+loads every layer at once and can undo it.
 """
 
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from transformers.integrations.moe import ExpertsInterface
 
-from ..arch import detect_arch
 from ..errors import InputError, ModelConfigError
-from ..host import Host
-from ..layer import TORCH_DTYPES
 from ..plan import Plan, Resolution
-from ..spec import Activation, MoESpec
-from ..weights import MoEWeights
+from ..spec import A2A
+from .hf_experts import (EP_ATTR, EXPERT_KEYS, ExpertsLayout, Options, Sharding, UnsupportedExperts,
+                         canonical_weights, check_experts, exchange_of, experts_activation,
+                         experts_layout, experts_modules, layer_spec, load_for, regime_name, release,
+                         resolve_for, set_options, sharding_of, state_of)
 
-_DTYPE_NAMES = {v: k for k, v in TORCH_DTYPES.items()}
+try:  # transformers >= 5.2x: transformers.distributed.expert_parallel
+    from .hf_ep import MoECoreEP
+except ImportError:  # e.g. 5.17: EP through the ep_router plan only (the experts forward runs it)
+    MoECoreEP = None
 
-
-class UnsupportedExperts(InputError):
-    """An experts module that computes something moe-core does not; ``feature`` names it."""
-
-    def __init__(self, where: str, feature: str, detail: str):
-        self.feature = feature
-        super().__init__(f"{where}: {feature}: {detail}")
-
-
-@dataclass(frozen=True)
-class ExpertsLayout:
-    """How one transformers experts module stores its weights and what it computes: the
-    flags ``@use_experts_implementation`` puts on the module, read generically."""
-
-    #: ``gate_up_proj`` is ``[E, H, 2I]`` (in x out) rather than ``[E, 2I, H]``.
-    transposed: bool = False
-    #: Gate and up alternate (gate at even columns) rather than ``[Gate; Up]``.
-    interleaved: bool = False
-    #: ``gate_up_proj_bias`` / ``down_proj_bias`` are added.
-    has_bias: bool = False
-    #: ``gate_up_proj`` holds gate and up (False: ``up_proj`` only, a non-gated MLP).
-    gated: bool = True
-    #: DBRX's ``mlp.w1 / v1 / w2`` 2-D stacks instead of 3-D parameters.
-    dbrx: bool = False
+IMPLEMENTATION = "moe_core"
+__all__ = ["IMPLEMENTATION", "ExpertsLayout", "LayerReport", "ModelReport", "MoECoreEP", "Options",
+           "TESTED_FAMILIES", "UnsupportedExperts", "apply", "canonical_weights", "configure",
+           "experts_activation", "experts_forward", "experts_layout", "layer_spec", "register",
+           "release_model", "report", "tiny_config"]
 
 
-def _param3(module: torch.nn.Module, name: str) -> bool:
-    p = getattr(module, name, None)
-    return isinstance(p, torch.Tensor) and p.dim() == 3
+def experts_forward(self: torch.nn.Module, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
+                    top_k_weights: torch.Tensor) -> torch.Tensor:
+    """The ``"moe_core"`` experts implementation: ``self`` is the model's experts module.
+
+    Under transformers' expert parallelism the module holds this rank's experts and is
+    called with their local ids (another rank's expert: an id >= the local count, or -1);
+    they become global ids outside this rank's range, which its runner skips. Inference
+    only: no gradients flow through it."""
+    state = state_of(self)
+    T, k = top_k_index.shape
+    with torch.no_grad():
+        layer = load_for(self, state, max_tokens=state.options.max_tokens_for(T), top_k=k).layer
+        spec = layer.plan.spec
+        ids = top_k_index
+        if spec.ep_size > 1:
+            n, first = spec.local_experts, spec.first_expert
+            ids = torch.where((ids >= 0) & (ids < n), ids + first, (first + n) % spec.num_experts)
+        out = layer(hidden_states.to(layer.dtype), top_k_weights, ids)
+    return out.to(hidden_states.dtype)
 
 
-def _is_experts(module: torch.nn.Module) -> bool:
-    return (_param3(module, "down_proj") and (_param3(module, "gate_up_proj") or _param3(module, "up_proj"))) \
-        or isinstance(getattr(getattr(module, "mlp", None), "w1", None), torch.Tensor)
+def _fp8_experts_forward(self, *args, **kwargs):
+    raise InputError(f'{type(self).__name__}: experts_implementation="{IMPLEMENTATION}" runs bf16 '
+                     "experts (gate_up_proj/down_proj); transformers' FP8-quantized experts are "
+                     "not supported yet (load the checkpoint dequantized, or use another experts "
+                     "implementation)")
 
 
-def experts_layout(module: torch.nn.Module, where: str = "") -> ExpertsLayout:
-    """The module's layout, or :class:`UnsupportedExperts` naming what moe-core cannot run."""
-    where = where or type(module).__name__
-    if getattr(module, "has_post_expert_norm", False):
-        raise UnsupportedExperts(where, "has_post_expert_norm",
-                                 "a norm after each expert's down projection; expected none")
-    params = list(inspect.signature(module.forward).parameters)
-    if len(params) < 3:
-        raise UnsupportedExperts(where, "forward", f"forward({', '.join(params)}) takes tokens "
-                                 "already grouped per expert (the router's weights applied by the "
-                                 "caller); expected forward(hidden_states, top_k_index, top_k_weights)")
-    if isinstance(getattr(getattr(module, "mlp", None), "w1", None), torch.Tensor):
-        return ExpertsLayout(dbrx=True)
-    gated = _param3(module, "gate_up_proj")
-    if not gated and not _param3(module, "up_proj"):
-        raise UnsupportedExperts(where, "gate_up_proj", "expected 3-D gate_up_proj (or up_proj) "
-                                 "and down_proj expert stacks")
-    w = module.gate_up_proj if gated else module.up_proj
-    E, a, b = w.shape
-    transposed = getattr(module, "is_transposed", None)
-    if transposed is None:  # not decorated: the down projection's shape tells
-        transposed = module.down_proj.shape[1] == b // (2 if gated else 1) != a
-    return ExpertsLayout(transposed=bool(transposed),
-                         interleaved=not getattr(module, "is_concatenated", True),
-                         has_bias=bool(getattr(module, "has_bias", False)) or
-                         isinstance(getattr(module, "gate_up_proj_bias", None), torch.Tensor),
-                         gated=gated)
+def register() -> None:
+    """Register ``"moe_core"`` with transformers (done when this module is imported)."""
+    ExpertsInterface.register(IMPLEMENTATION, experts_forward)
+    try:
+        from transformers.integrations.finegrained_fp8 import FP8ExpertsInterface
+    except ImportError:
+        pass
+    else:  # without it, an FP8 model would fail on a KeyError instead of this reason
+        FP8ExpertsInterface.register(IMPLEMENTATION, _fp8_experts_forward)
+    if MoECoreEP is not None:
+        from transformers.distributed.expert_parallel import EPImplementationInterface
+
+        EPImplementationInterface.register(IMPLEMENTATION, MoECoreEP)
 
 
-def _act_name(fn: Any) -> str:
-    return getattr(fn, "__name__", None) or type(fn).__name__
+register()
 
 
-_GATED_ACTS = {"SiLUActivation": Activation.SILU_GATED, "SiLU": Activation.SILU_GATED,
-               "silu": Activation.SILU_GATED, "PytorchGELUTanh": Activation.GELU_GATED,
-               "GELUTanh": Activation.GELU_GATED, "NewGELUActivation": Activation.GELU_GATED}
-_PLAIN_ACTS = {"ReLUSquaredActivation": Activation.RELU2}
-
-
-def experts_activation(module: torch.nn.Module, layout: ExpertsLayout,
-                       where: str = "") -> tuple[Activation, float | None, float | None]:
-    """``(activation, swiglu_limit, swiglu_alpha)`` the module computes."""
-    where = where or type(module).__name__
-    act = getattr(module, "act_fn", None) or getattr(getattr(module, "mlp", None), "activation_fn", None)
-    if not layout.gated:
-        kind = _PLAIN_ACTS.get(_act_name(act))
-        if kind is None:
-            raise UnsupportedExperts(where, "act_fn", f"non-gated experts with {_act_name(act)}; "
-                                     "expected relu2")
-        return kind, None, None
-    gate = getattr(type(module), "_apply_gate", None)
-    custom = gate is not None and gate.__module__ != "transformers.integrations.moe"
-    limit = next((getattr(module, k) for k in ("limit", "swiglu_limit")
-                  if isinstance(getattr(module, k, None), (int, float))), None)
-    alpha = next((getattr(module, k) for k in ("alpha", "swiglu_alpha")
-                  if isinstance(getattr(module, k, None), (int, float))), None)
-    if getattr(module, "_fp8_experts_clamp_after_activation", False) and limit is not None \
-            and limit != float("inf"):
-        raise UnsupportedExperts(where, "swiglu_limits", "a clamp after the activation; expected "
-                                 "a clamp of the gate and up inputs (swiglu_limit)")
-    if custom and limit is not None and limit != float("inf"):
-        if alpha is None and _act_name(act) not in ("SiLUActivation", "SiLU", "silu", "NoneType"):
-            raise UnsupportedExperts(where, "act_fn", f"a clamped {_act_name(act)}; expected SiLU")
-        return Activation.SWIGLU_LIMIT, float(limit), None if alpha is None else float(alpha)
-    kind = _GATED_ACTS.get(_act_name(act))
-    if kind is None:
-        raise UnsupportedExperts(where, "act_fn", f"{_act_name(act)} between the projections; "
-                                 f"expected one of {sorted(_GATED_ACTS)}")
-    return kind, None, None
-
-
-def canonical_weights(module: torch.nn.Module, layout: ExpertsLayout) -> MoEWeights:
-    """The module's experts in moe-core's canonical layout (bf16 weights, fp32 biases)."""
-    if layout.dbrx:
-        mlp = module.mlp
-        E = module.num_experts
-        w1, v1, w2 = (t.detach().view(E, -1, t.shape[-1]) for t in (mlp.w1, mlp.v1, mlp.w2))
-        gu, down = torch.cat([w1, v1], dim=1), w2.transpose(1, 2)
-    else:
-        gu = (module.gate_up_proj if layout.gated else module.up_proj).detach()
-        down = module.down_proj.detach()
-    if layout.transposed:
-        gu, down = gu.transpose(1, 2), down.transpose(1, 2)
-    b13 = b2 = None
-    if layout.interleaved:
-        gu = torch.cat([gu[:, 0::2], gu[:, 1::2]], dim=1)
-    if layout.has_bias:
-        b = module.gate_up_proj_bias.detach()
-        b13 = (torch.cat([b[:, 0::2], b[:, 1::2]], dim=1) if layout.interleaved else b).float().contiguous()
-        b2 = module.down_proj_bias.detach().float().contiguous()
-    return MoEWeights(w13=gu.to(torch.bfloat16).contiguous(), w2=down.to(torch.bfloat16).contiguous(),
-                      w13_bias=b13, w2_bias=b2)
-
-
-_TOP_K_KEYS = ("num_experts_per_tok", "top_k_experts", "moe_topk", "num_experts_per_token", "moe_k",
-               "moe_top_k")
-
-
-def layer_spec(module: torch.nn.Module, layout: ExpertsLayout, config: Any, *, max_tokens: int,
-               name: str = "", act_dtype: str | None = None) -> MoESpec:
-    """The spec of one experts module, from the module's shapes and the model's config."""
-    where = f"{name} ({type(module).__name__})" if name else type(module).__name__
-    w13 = canonical_weights(module, layout).w13 if layout.dbrx else None
-    if w13 is not None:
-        E, R, H = w13.shape
-    else:
-        w = module.gate_up_proj if layout.gated else module.up_proj
-        E = w.shape[0]
-        H, R = w.shape[1:] if layout.transposed else w.shape[:0:-1]
-    config = getattr(module, "config", None) or config
-    top_k = None
-    for c in (config, getattr(config, "text_config", None), getattr(config, "ffn_config", None)):
-        top_k = top_k or next((getattr(c, k) for k in _TOP_K_KEYS if isinstance(getattr(c, k, None), int)),
-                              None)
-    if not isinstance(top_k, int):
-        raise ModelConfigError(f"{type(config).__name__} has no num_experts_per_tok; expected the "
-                               "experts per token")
-    dtype = (w13 if w13 is not None else module.down_proj).dtype
-    if dtype not in _DTYPE_NAMES:
-        raise InputError(f"{name}: {type(module).__name__} weights are {dtype}; expected bf16, "
-                         "fp16 or fp32 (quantized transformers checkpoints are not supported yet)")
-    activation, limit, alpha = experts_activation(module, layout, where)
-    device = module.down_proj.device if w13 is None else module.mlp.w1.device
-    return MoESpec(num_experts=E, top_k=top_k, hidden_size=H,
-                   intermediate_size=R // 2 if layout.gated else R, activation=activation,
-                   swiglu_limit=limit, swiglu_alpha=alpha, has_bias=layout.has_bias,
-                   act_dtype=act_dtype or _DTYPE_NAMES[dtype], max_tokens=max_tokens,
-                   arch="cpu" if device.type == "cpu" else detect_arch(),
-                   model=getattr(config, "_name_or_path", None) or getattr(config, "model_type", None))
-
-
-class MoECoreExperts(torch.nn.Module):
-    """Stands in for a transformers experts module: same call, the resolved runner inside."""
-
-    def __init__(self, layer, original: torch.nn.Module):
-        super().__init__()
-        self.layer = layer
-        self.__dict__["original"] = original  # kept for undo, outside the module tree
-
-    def extra_repr(self) -> str:
-        return f"{self.layer.plan.backend}, {self.layer.plan.spec.describe()}"
-
-    def forward(self, hidden_states: torch.Tensor, top_k_index: torch.Tensor,
-                top_k_weights: torch.Tensor) -> torch.Tensor:
-        return self.layer(hidden_states, top_k_weights, top_k_index).to(hidden_states.dtype)
-
+# -- the report -------------------------------------------------------------------------
 
 @dataclass
 class LayerReport:
+    """One experts module: how it is sharded, who moves its tokens, and the trace of each plan."""
+
     name: str
     module_class: str
-    resolution: Resolution
+    #: The experts implementation the module runs (``config._experts_implementation``).
+    implementation: str | None
+    sharding: Sharding
+    #: Who moves tokens between expert-parallel ranks (None: they stay on the rank).
+    exchange: str | None
+    #: "decode" / "prefill" -> the ``moe explain`` trace of that plan on this rank.
+    resolutions: dict[str, Resolution]
+    #: The layers loaded so far (their repr: backend, dispatcher, spec with its token limit).
+    loaded: list[str] = field(default_factory=list)
 
     @property
-    def plan(self) -> Plan:
+    def resolution(self) -> Resolution:
+        return self.resolutions["prefill"]
+
+    @property
+    def plan(self) -> Plan | None:
         return self.resolution.plan
+
+    def dispatcher(self, regime: str = "prefill") -> str | None:
+        """Who dispatches this layer's tokens in ``regime``: moe-core's dispatcher, transformers'
+        exchange, or None."""
+        plan = self.resolutions[regime].plan
+        if plan is not None and plan.dispatcher is not None:
+            return str(plan.dispatcher)
+        return self.exchange if self.exchange != "moe_core" else None
+
+    def line(self, regime: str) -> str:
+        res = self.resolutions[regime]
+        spec, plan = res.spec, res.plan
+        head = f"{regime} (<= {spec.max_tokens} tokens/rank): "
+        if plan is None:
+            return head + "no backend: " + "; ".join(
+                f"{c.backend} {c.reason}" for c in res.candidates)
+        via = self.dispatcher(regime)
+        tail = f" via {via}" if via else (
+            ", partial sums all-reduced by transformers" if spec.tp_size > 1 else "")
+        return head + f"{plan.backend}{tail}: {plan.reason}"
 
 
 @dataclass
-class ApplyReport:
-    """What :func:`apply` did, per MoE layer: the same trace ``moe explain`` shows."""
+class ModelReport:
+    """Every experts module of a model, as :func:`report` found it."""
 
     model_class: str
     layers: list[LayerReport] = field(default_factory=list)
-    _swapped: list[tuple[torch.nn.Module, str, torch.nn.Module]] = field(default_factory=list, repr=False)
+    _restore: Any = field(default=None, repr=False)
 
     def summary(self) -> str:
         lines = [f"{self.model_class}: {len(self.layers)} MoE layers"]
         for r in self.layers:
-            p = r.plan
-            lines.append(f"  {r.name} ({r.module_class}) -> {p.backend}: {p.reason}")
+            exchange = f", tokens moved by {r.exchange}" if r.exchange else ""
+            lines.append(f"  {r.name} ({r.module_class}, experts_implementation="
+                         f"{r.implementation!r}, {r.sharding.describe()}{exchange})")
+            lines += [f"    {r.line(regime)}" for regime in r.resolutions]
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"model": self.model_class,
-                "layers": [{"name": r.name, "module": r.module_class, **r.resolution.to_dict()}
-                           for r in self.layers]}
+        return {"model": self.model_class, "layers": [
+            {"name": r.name, "module": r.module_class, "implementation": r.implementation,
+             "sharding": {"tp": r.sharding.tp, "ep": r.sharding.ep, "rank": r.sharding.rank},
+             "exchange": r.exchange, "dispatcher": {g: r.dispatcher(g) for g in r.resolutions},
+             "loaded": list(r.loaded),
+             "plans": {g: res.to_dict() for g, res in r.resolutions.items()}}
+            for r in self.layers]}
 
     def layer_errors(self, model: torch.nn.Module, *args: Any, **kwargs: Any) -> dict[str, float]:
-        """Run ``model(*args, **kwargs)`` and compare each swapped layer's output with the
-        original module's on the very same inputs: relative error per layer. (Logits can
-        move more than any layer: a near-tie in a later router may flip.)"""
+        """Run ``model(*args, **kwargs)`` and compare each whole (unsharded) experts module's
+        output with transformers' eager experts loop on the very same inputs: relative error
+        per layer. (Logits can move more than any layer: a near-tie in a later router may flip.)"""
         from ..reference.oracle import relative_error
 
-        seen: dict[int, tuple] = {}
+        modules = dict(experts_modules(model))
+        seen: dict[str, tuple] = {}
 
-        def keep(i):
+        def keep(name):
             def hook(mod, inp, out):  # returns None: the output is left as it is
-                seen.setdefault(i, (inp, out))
+                seen.setdefault(name, (inp, out))
             return hook
 
-        hooks = [getattr(parent, attr).register_forward_hook(keep(i))
-                 for i, (parent, attr, _) in enumerate(self._swapped)]
+        names = [r.name for r in self.layers if r.sharding.tp == 1]
+        hooks = [modules[n].register_forward_hook(keep(n)) for n in names]
         try:
             with torch.no_grad():
                 model(*args, **kwargs)
                 out = {}
-                for i, ((_, _, original), r) in enumerate(zip(self._swapped, self.layers)):
-                    inp, got = seen[i]
-                    out[r.name] = relative_error(got, original(*inp))
+                for n in names:
+                    eager = getattr(type(modules[n]).forward, "__wrapped__", None)
+                    if eager is None:
+                        raise InputError(f"{n}: {type(modules[n]).__name__} has no eager forward "
+                                         "to compare with (not a @use_experts_implementation class)")
+                    inp, got = seen[n]
+                    out[n] = relative_error(got, eager(modules[n], *inp))
         finally:
             for h in hooks:
                 h.remove()
         return out
 
     def undo(self) -> None:
-        """Put every original experts module back."""
-        for parent, attr, original in reversed(self._swapped):
-            setattr(parent, attr, original)
-        self._swapped.clear()
+        """After :func:`apply`: the experts implementation the model had before, and the loaded
+        layers dropped."""
+        if self._restore is None:
+            raise InputError("undo() reverts apply(); this report was made by report()")
+        model, previous = self._restore
+        model.set_experts_implementation(previous)
+        release_model(model)
+        self._restore = None
 
 
-def apply(model: torch.nn.Module, *, tp: int = 1, ep: int = 1, host: Host | None = None,
-          force: str | None = None, disable=None, max_tokens: int = 65536) -> ApplyReport:
-    """Resolve and swap in a backend for every MoE layer of ``model``; returns the report.
-
-    :param tp, ep: must be 1: the whole layer runs in this process (sharding the experts
-        needs the model's own collectives).
-    :param host: the host to resolve with (default: the installed plugins).
-    :param force, disable: as for :meth:`moe_core.Host.resolve`, for every layer.
-    :param max_tokens: tokens per forward the plans are resolved for.
-    """
-    if tp != 1 or ep != 1:
-        raise InputError(f"apply() runs each layer whole in this process (tp=1, ep=1); got tp={tp} "
-                         f"ep={ep}. Shard with your engine's parallel layers and a per-rank spec.")
-    if host is None:
-        from .. import default_host
-        host = default_host()
-    config = getattr(model, "config", None)
-    report = ApplyReport(type(model).__name__)
-    found = [(n, m) for n, m in model.named_modules() if n and _is_experts(m)]
+def _found(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    found = experts_modules(model)
     if not found:
-        raise InputError(f"{type(model).__name__} has no MoE experts module that moe-core knows "
-                         "(expected 3-D gate_up_proj / down_proj expert stacks)")
+        raise InputError(f"{type(model).__name__} has no MoE experts module (expected modules with "
+                         "3-D gate_up_proj and down_proj, as transformers >= 5 builds them)")
+    return found
+
+
+def report(model: torch.nn.Module, *, load: bool = False) -> ModelReport:
+    """Every experts module of ``model`` on this rank: sharding, token exchange and the trace
+    of its decode and prefill plans (resolution only, cached by the host).
+
+    :param load: also load both plans now (process the weights, build runners and
+        dispatchers) instead of on first call; under ``ep_implementation="moe_core"`` every
+        rank must then call it (building a dispatcher may be collective).
+    """
+    config = getattr(model, "config", None)
+    out = ModelReport(type(model).__name__)
+    for name, module in _found(model):
+        state = state_of(module, name)
+        ep = module.__dict__.get(EP_ATTR)
+        cfg = getattr(module, "config", config)
+        sharding = ep.sharding if ep is not None else sharding_of(module, state.layout, cfg, name)
+        opts = state.options
+        resolutions = {}
+        for max_tokens in (opts.decode_tokens, opts.max_tokens):
+            a2a = opts.a2a_for(max_tokens) if ep is not None else A2A.NONE
+            kw = dict(max_tokens=max_tokens, sharding=sharding, a2a=a2a)
+            if load:
+                load_for(module, state, group=ep.ep_group if ep is not None else None, **kw)
+            resolutions[regime_name(max_tokens, opts)] = resolve_for(module, state, **kw)[1]
+        loaded = [repr(v.layer) for v in state.loaded.values()]
+        out.layers.append(LayerReport(
+            name, type(module).__name__, getattr(cfg, "_experts_implementation", None), sharding,
+            exchange_of(module, cfg, sharding), resolutions, loaded))
+    return out
+
+
+def configure(model: torch.nn.Module, *, host=None, force: str | None = None, disable=None,
+              decode_tokens: int | None = None, max_tokens: int | None = None,
+              a2a: str | None = None) -> Options:
+    """How every experts module of ``model`` is resolved (see :class:`Options`); drops the
+    layers loaded so far. Without it: the installed plugins, ``$MOE_BACKEND``/``$MOE_DISABLE``."""
+    defaults = Options()
+    opts = Options(host=host, force=force, disable=disable,
+                   decode_tokens=decode_tokens or defaults.decode_tokens,
+                   max_tokens=max_tokens or defaults.max_tokens, a2a=a2a)
+    for _, module in _found(model):
+        set_options(module, opts)
+    return opts
+
+
+def release_model(model: torch.nn.Module) -> None:
+    """Drop every layer moe-core loaded for ``model`` and its :func:`configure` options."""
+    for _, module in experts_modules(model):
+        release(module, options=True)
+
+
+def apply(model: torch.nn.Module, **options: Any) -> ModelReport:
+    """``model.set_experts_implementation("moe_core")`` on a loaded model, with every layer
+    loaded now (an unsupported layer fails here, not on the first forward); returns the
+    report, whose ``undo()`` switches back. ``options``: as for :func:`configure`."""
+    if not hasattr(model, "set_experts_implementation"):
+        raise InputError(f"{type(model).__name__} is not a transformers PreTrainedModel "
+                         "(expected set_experts_implementation)")
+    found = _found(model)
     for name, module in found:
-        cls = type(module).__name__
-        layout = experts_layout(module, f"{name} ({cls})")
-        spec = layer_spec(module, layout, config, max_tokens=max_tokens, name=name)
-        res = host.explain(spec, force=force, disable=disable)
-        plan = host.resolve(spec, force=force, disable=disable)  # raises with the trace if none
-        weights = canonical_weights(module, layout)
-        layer = host.load(plan, weights)
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attr, MoECoreExperts(layer, module))
-        report._swapped.append((parent, attr, module))
-        report.layers.append(LayerReport(name, cls, res))
-    return report
+        check_experts(module, name)  # what it computes is what moe-core runs
+    previous = model.config._experts_implementation
+    configure(model, **options)
+    model.set_experts_implementation(IMPLEMENTATION)
+    stuck = [f"{n} ({type(m).__name__})" for n, m in found
+             if getattr(getattr(m, "config", None), "_experts_implementation", None) != IMPLEMENTATION]
+    if stuck:
+        model.set_experts_implementation(previous)
+        raise InputError(f"{type(model).__name__} did not switch {', '.join(stuck)} to "
+                         f'"{IMPLEMENTATION}" (expected experts classes decorated with transformers\' '
+                         "@use_experts_implementation)")
+    out = report(model, load=True)
+    out._restore = (model, previous)
+    return out
 
 
 _TINY = dict(num_attention_heads=4, num_key_value_heads=2, head_dim=32, vocab_size=512,
@@ -318,7 +302,6 @@ _TINY = dict(num_attention_heads=4, num_key_value_heads=2, head_dim=32, vocab_si
              # DeepSeek's MLA and grouped routing, shrunk
              q_lora_rank=64, kv_lora_rank=32, qk_rope_head_dim=16, qk_nope_head_dim=16,
              v_head_dim=32, n_group=1, topk_group=1, first_k_dense_replace=0)
-_EXPERT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")
 #: Families whose tiny models are tested against transformers' own MoE blocks.
 TESTED_FAMILIES = ("qwen3_moe", "qwen2_moe", "mixtral", "olmoe", "deepseek_v3", "gpt_oss")
 
@@ -347,7 +330,7 @@ def tiny_config(model_type: str, *, layers: int = 2, experts: int = 8, top_k: in
         kw["intermediate_size"] = 2 * intermediate
     if hasattr(base, "shared_expert_intermediate_size"):
         kw["shared_expert_intermediate_size"] = 2 * intermediate
-    kw.update({k: experts for k in _EXPERT_KEYS if hasattr(base, k)})
+    kw.update({k: experts for k in EXPERT_KEYS if hasattr(base, k)})
     if "qk_rope_head_dim" in kw:  # MLA: rotary dims are the head_dim
         kw["head_dim"] = kw["qk_rope_head_dim"]
     if getattr(base, "layer_types", None):

@@ -24,7 +24,7 @@ class RowCodec:
     def __init__(self, hidden: int, top_k: int, wire: Wire):
         self.hidden, self.top_k, self.wire = hidden, top_k, wire
         self.ue8m0 = wire is Wire.FP8_UE8M0
-        groups = cdiv(hidden, ACT_GROUP)
+        self.groups = groups = cdiv(hidden, ACT_GROUP)
         self.x_bytes = hidden * 2 if wire is Wire.BF16 else hidden + 4 * groups
         self.row_bytes = self.x_bytes + 8 * top_k
 
@@ -34,9 +34,11 @@ class RowCodec:
             parts = [x.to(torch.bfloat16)]
         else:
             q, scale = quantize_fp8_blockwise(x, 1, ACT_GROUP, ue8m0=self.ue8m0)
-            parts = [q, scale.reshape(n, -1)]
+            parts = [q, scale.reshape(n, self.groups)]
         parts += [ids.to(torch.int32), weights.to(torch.float32)]
-        return torch.cat([p.contiguous().view(torch.uint8).reshape(n, -1) for p in parts], dim=1)
+        # explicit bytes per row: reshape(n, -1) cannot infer it when a rank sends 0 rows
+        return torch.cat([p.contiguous().view(torch.uint8).reshape(n, p.shape[1:].numel() * p.element_size())
+                          for p in parts], dim=1)
 
     def decode(self, buf: torch.Tensor):
         """-> ``(x bf16 [N, H], ids int64 [N, k], weights fp32 [N, k])``."""
