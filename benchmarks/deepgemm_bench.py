@@ -6,7 +6,7 @@ rank). Prefill: the contiguous layout with 4k-16k routed rows. For each: the who
 (GEMMs + activation + quantization, as `MoELayer.run_*` runs it) and the first call (which
 includes DeepGEMM's JIT compile, a load-time cost users pay once per shape).
 
-    python benchmarks/deepgemm_bench.py       # needs a GPU and deep_gemm (scripts/gpu_run.sh)
+    python benchmarks/deepgemm_bench.py       # needs a GPU and deep_gemm (scripts/gpu_session.sh)
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ is disabled too, as no deployment installs it), on the shapes of the SGLang repo
 Nemotron-3-Nano (I=1856, TP 8 -> 232, relu2) and a synthetic 7688 at TP 8 (961,
 SiLU-gated).
 
-    python benchmarks/flashinfer_cutlass_bench.py   # needs a GPU and flashinfer (scripts/gpu_flashinfer.sh)
+    python benchmarks/flashinfer_cutlass_bench.py   # needs a GPU and flashinfer (scripts/gpu_session.sh)
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The reference backend on a GPU: `grouped_mm` vs `loop`, decode and prefill, real shapes.
 
 Prints time, TFLOP/s and weight GB/s (weights of experts that received tokens, read once).
-Run on the device machine by scripts/gpu_run.sh; results in docs/results.md.
+Run on the device machine by scripts/gpu_session.sh; results in docs/results.md.
 """
 
 from __future__ import annotations

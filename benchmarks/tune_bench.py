@@ -16,8 +16,8 @@ Prints tables and writes ``tune_bench.json`` (and ``tune_grid.png`` where matplo
 installed) to ``--out``. On the H200, with the FlashInfer CUTLASS kinds and DeepGEMM built
 first (``.carry/`` from scripts/build_carry.sh, fetch_flashinfer.sh, fetch_deepgemm.sh):
 
-    SKIP_TESTS=1 BENCH="benchmarks/tune_bench.py --out /tmp/fi/results" \
-        bash scripts/gpu_flashinfer.sh start 540       # then: bash scripts/gpu_flashinfer.sh poll 560
+    BENCH="benchmarks/tune_bench.py --shapes deepseek-v3-ep8,qwen3-30b-a3b" \
+        bash scripts/gpu_session.sh start 540       # then: bash scripts/gpu_session.sh poll 560
 
 A CPU smoke run (small slices, the reference backend only):
 

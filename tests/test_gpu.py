@@ -14,7 +14,7 @@ from moe_core.synthetic import random_inputs, random_weights
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(),
-                       reason="needs a CUDA GPU: run scripts/gpu_run.sh on the device machine "
+                       reason="needs a CUDA GPU: run scripts/gpu_session.sh on the device machine "
                               "(recorded in docs/results.md)"),
 ]
 

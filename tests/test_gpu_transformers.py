@@ -1,5 +1,5 @@
 """The transformers integration on a CUDA GPU with the backends the installed plugins offer
-there (run by scripts/gpu_hf.sh on the device machine; results in docs/results.md)."""
+there (run by scripts/gpu_session.sh on the device machine; results in docs/results.md)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from moe_core.reference.oracle import relative_error  # noqa: E402
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(),
-                       reason="needs a CUDA GPU: run scripts/gpu_hf.sh on the device machine "
+                       reason="needs a CUDA GPU: run scripts/gpu_session.sh on the device machine "
                               "(recorded in docs/results.md)"),
 ]
 TOLERANCE = 2e-2

@@ -57,7 +57,7 @@ def test_grouped_mm_biases_follow_each_rows_expert_and_skip_padding_rows():
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(),
                     reason="needs a CUDA GPU (SM90+ chooses reference:grouped_mm): run "
-                           "scripts/gpu_run.sh on the device machine")
+                           "scripts/gpu_session.sh on the device machine")
 def test_gpt_oss_bf16_layer_resolved_to_grouped_mm_on_gpu_matches_float64():
     spec = spec_for_model("openai/gpt-oss-20b", quant="bf16", experts=8, arch="auto", max_tokens=64)
     weights = random_weights(spec)

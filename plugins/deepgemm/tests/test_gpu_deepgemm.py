@@ -17,10 +17,10 @@ from moe_core.synthetic import random_inputs, random_weights
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: run scripts/gpu_run.sh "
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: run scripts/gpu_session.sh "
                        "on the device machine (recorded in docs/results.md)"),
     pytest.mark.skipif(importlib.util.find_spec("deep_gemm") is None,
-                       reason="deep_gemm not importable: scripts/gpu_run.sh builds it on the device"),
+                       reason="deep_gemm not importable: scripts/gpu_session.sh builds it on the device"),
 ]
 
 

@@ -20,9 +20,9 @@ from moe_core.synthetic import random_inputs, random_weights
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: run "
-                       "scripts/gpu_flashinfer.sh on the device machine (recorded in docs/results.md)"),
+                       "scripts/gpu_session.sh on the device machine (recorded in docs/results.md)"),
     pytest.mark.skipif(importlib.util.find_spec("flashinfer") is None,
-                       reason="flashinfer not importable: scripts/gpu_flashinfer.sh carries it to the device"),
+                       reason="flashinfer not importable: scripts/gpu_session.sh carries it to the device"),
 ]
 
 S2_961 = dict(num_experts=16, top_k=4, hidden_size=4096, intermediate_size=7688, tp_size=8, arch="sm90")
