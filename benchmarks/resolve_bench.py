@@ -61,19 +61,20 @@ def main() -> None:
     specs = distinct_specs(args.specs)
     build = time.perf_counter() - t0
 
+    # explain() is the whole resolution and never raises: some grid specs fit no backend
+    # (e.g. expert TP inside EP under DeepEP), which is an answer, not an error.
     host = Host()
     t0 = time.perf_counter()
-    host.resolve(specs[0])
+    host.explain(specs[0])
     first = time.perf_counter() - t0
     t0 = time.perf_counter()
     for _ in range(1000):
-        host.resolve(specs[0])
+        host.explain(specs[0])
     cached = (time.perf_counter() - t0) / 1000
 
-    host = Host()  # fresh: no verdict or plan cached
+    host = Host(cache_size=len(specs))  # fresh: no verdict or plan cached
     t0 = time.perf_counter()
-    for s in specs:
-        host.resolve(s)
+    planned = sum(host.explain(s).plan is not None for s in specs)
     total = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -86,10 +87,11 @@ def main() -> None:
     table.add_row("import moe_core (cold process)", f"{imp * 1e3:.1f} ms")
     table.add_row("plugin discovery (entry points)", f"{disc * 1e3:.1f} ms")
     table.add_row("kernel libraries / torch imported", ", ".join(loaded) or "none")
-    table.add_row("resolve(), first spec (cold)", f"{first * 1e6:.0f} us")
-    table.add_row("resolve(), cached", f"{cached * 1e6:.2f} us")
+    table.add_row("explain(), first spec (cold)", f"{first * 1e6:.0f} us")
+    table.add_row("explain(), cached", f"{cached * 1e6:.2f} us")
     table.add_row(f"build {len(specs)} distinct specs", f"{build:.3f} s")
-    table.add_row(f"resolve {len(specs)} distinct specs", f"{total:.3f} s ({total / len(specs) * 1e6:.0f} us each)")
+    table.add_row(f"resolve {len(specs)} distinct specs ({planned} with a plan)",
+                  f"{total:.3f} s ({total / len(specs) * 1e6:.0f} us each)")
     table.add_row(f"moe matrix: {len(cells)} cells (fresh host)", f"{matrix_s:.3f} s")
     table.add_row("goal: 10,000 specs < 2 s", "met" if total * 10_000 / len(specs) < 2 else "NOT met")
     Console().print(table)

@@ -188,11 +188,49 @@ class Host:
         if found is None:
             try:
                 answer = self._decide(plugin, hook, env=env, **kwargs)
-                found = _check_verdicts(kwargs["spec"], tuple(v.name for v in variants), answer)
+                found = self._checked(answer, variants, **kwargs)
             except Exception as e:
                 found = self._failure(hook, e)
             self._answers[key] = found
         return found
+
+    @staticmethod
+    def _checked(answer: Any, variants, **kwargs) -> dict[str, Verdict]:
+        return _check_verdicts(kwargs["spec"], tuple(v.name for v in variants), answer)
+
+    def _prefetch(self, offers, hook: str, env: Environment, **kwargs) -> None:
+        """Ask every plugin of ``offers`` not yet cached in one isolated call (one thread hop
+        per spec, not one per plugin). A raise stays its plugin's; if the whole call runs
+        past the limit nothing is stored, and :meth:`_answers_of` asks each plugin alone,
+        which names the one that hangs."""
+        todo = [(rec, variants) for rec, variants in offers if variants and
+                (rec.name, hook, env, *kwargs.values()) not in self._answers]
+        if len(todo) < 2 or not self.hook_timeout:
+            return
+
+        def ask_all():
+            out = []
+            for rec, _ in todo:
+                try:
+                    out.append(self.registry.call(rec.name, hook, env=env, **kwargs))
+                except KeyboardInterrupt:
+                    raise
+                except BaseException as e:  # noqa: BLE001 - that plugin's failure alone
+                    out.append(HookFailed(e))
+            return out
+
+        try:
+            answers = isolated(ask_all, self.hook_timeout)
+        except HookTimeout:
+            return
+        for (rec, variants), answer in zip(todo, answers):
+            try:
+                if isinstance(answer, HookFailed):
+                    raise answer
+                found = self._checked(answer, variants, **kwargs)
+            except Exception as e:
+                found = self._failure(hook, e)
+            self._answers[(rec.name, hook, env, *kwargs.values())] = found
 
     @staticmethod
     def _judge(offers, answers_of, env: Environment, disabled, force_sel=None, force=None,
@@ -286,8 +324,10 @@ class Host:
             known = ", ".join(r.name for r in self.registry) or "none"
             raise ResolutionError(f"forced backend {force!r}: no plugin named {force_sel[0]!r} "
                                   f"(installed: {known})", Resolution(spec, (), None, force, disable, env))
+        offers = [(rec, rec.runner_variants) for rec in self.registry.ok()]
+        self._prefetch(offers, "supports_shape", env, spec=spec)
         settled, eligible = self._judge(
-            [(rec, rec.runner_variants) for rec in self.registry.ok()],
+            offers,
             lambda rec: self._answers_of(rec.name, "supports_shape", rec.runner_variants, env,
                                          spec=spec),
             env, disabled, force_sel, force)
@@ -396,8 +436,10 @@ class Host:
     def _dispatchers_for(self, spec: MoESpec, cfg: DispatchConfig, disabled,
                          env: Environment) -> tuple[Candidate, ...]:
         """The dispatcher trace for one (spec, config): chosen first, then the rest."""
+        offers = [(rec, rec.dispatcher_variants) for rec in self.registry.ok()]
+        self._prefetch(offers, "supports_dispatch", env, spec=spec, dispatch=cfg)
         settled, eligible = self._judge(
-            [(rec, rec.dispatcher_variants) for rec in self.registry.ok()],
+            offers,
             lambda rec: self._answers_of(rec.name, "supports_dispatch", rec.dispatcher_variants,
                                          env, spec=spec, dispatch=cfg),
             env, disabled, undeliverable=lambda var: _undeliverable(var, spec, cfg))
