@@ -133,8 +133,12 @@ class Environment:
     @property
     def fingerprint(self) -> str:
         """A stable hash of everything above (16 hex digits)."""
-        text = json.dumps(self._body(), sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return fingerprint_of(self._body())
+
+
+def fingerprint_of(body: dict) -> str:
+    """16 hex digits of sha256 over ``body`` as sorted JSON: stable across processes."""
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _probe_device() -> tuple[tuple[str, str], ...]:

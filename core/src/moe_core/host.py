@@ -121,9 +121,9 @@ class _LRU(OrderedDict):
 class _Declined(Exception):
     """The host declines a runner candidate it cannot derive a dispatch for."""
 
-    def __init__(self, code: Reason, detail: str, trace: tuple[Candidate, ...] = ()):
+    def __init__(self, code: Reason, detail: str):
         super().__init__(detail)
-        self.code, self.trace = code, trace
+        self.code = code
 
 
 class Host:
@@ -188,49 +188,44 @@ class Host:
         if found is None:
             try:
                 answer = self._decide(plugin, hook, env=env, **kwargs)
-                found = self._checked(answer, variants, **kwargs)
             except Exception as e:
-                found = self._failure(hook, e)
-            self._answers[key] = found
+                answer = e
+            found = self._settle(key, answer, variants, kwargs["spec"])
         return found
 
-    @staticmethod
-    def _checked(answer: Any, variants, **kwargs) -> dict[str, Verdict]:
-        return _check_verdicts(kwargs["spec"], tuple(v.name for v in variants), answer)
+    def _settle(self, key, answer: Any, variants, spec: MoESpec) -> dict[str, Verdict] | _Failure:
+        """Cache and return a plugin's checked verdicts, or the failure ``answer`` was or led to."""
+        try:
+            if isinstance(answer, Exception):
+                raise answer
+            found = _check_verdicts(spec, tuple(v.name for v in variants), answer)
+        except Exception as e:
+            found = self._failure(key[1], e)
+        self._answers[key] = found
+        return found
 
     def _prefetch(self, offers, hook: str, env: Environment, **kwargs) -> None:
         """Ask every plugin of ``offers`` not yet cached in one isolated call (one thread hop
         per spec, not one per plugin). A raise stays its plugin's; if the whole call runs
         past the limit nothing is stored, and :meth:`_answers_of` asks each plugin alone,
         which names the one that hangs."""
-        todo = [(rec, variants) for rec, variants in offers if variants and
-                (rec.name, hook, env, *kwargs.values()) not in self._answers]
+        todo = [((rec.name, hook, env, *kwargs.values()), variants) for rec, variants in offers
+                if variants and (rec.name, hook, env, *kwargs.values()) not in self._answers]
         if len(todo) < 2 or not self.hook_timeout:
             return
 
-        def ask_all():
-            out = []
-            for rec, _ in todo:
-                try:
-                    out.append(self.registry.call(rec.name, hook, env=env, **kwargs))
-                except KeyboardInterrupt:
-                    raise
-                except BaseException as e:  # noqa: BLE001 - that plugin's failure alone
-                    out.append(HookFailed(e))
-            return out
+        def ask(plugin: str) -> Any:
+            try:  # no limit of its own: the whole batch has one
+                return isolated(lambda: self.registry.call(plugin, hook, env=env, **kwargs), 0)
+            except HookFailed as e:
+                return e
 
         try:
-            answers = isolated(ask_all, self.hook_timeout)
+            answers = isolated(lambda: [ask(key[0]) for key, _ in todo], self.hook_timeout)
         except HookTimeout:
             return
-        for (rec, variants), answer in zip(todo, answers):
-            try:
-                if isinstance(answer, HookFailed):
-                    raise answer
-                found = self._checked(answer, variants, **kwargs)
-            except Exception as e:
-                found = self._failure(hook, e)
-            self._answers[(rec.name, hook, env, *kwargs.values())] = found
+        for (key, variants), answer in zip(todo, answers):
+            self._settle(key, answer, variants, kwargs["spec"])
 
     @staticmethod
     def _judge(offers, answers_of, env: Environment, disabled, force_sel=None, force=None,
@@ -417,7 +412,7 @@ class Host:
                             f"a2a {spec.a2a} delivers {_names(layouts)} here")
         cfg, trace = first
         why = "; ".join(f"{c.backend}: {c.reason}" for c in trace) or "no dispatcher plugin installed"
-        raise _Declined(Reason.NO_DISPATCHER, f"no dispatcher delivers {cfg.describe()} ({why})", trace)
+        raise _Declined(Reason.NO_DISPATCHER, f"no dispatcher delivers {cfg.describe()} ({why})")
 
     def _configure(self, plan: Plan, cfg: DispatchConfig, layouts, wires) -> DispatchConfig:
         """The owner's ``configure_dispatcher`` on the derived ``cfg``, checked."""

@@ -28,6 +28,7 @@ from ..runner import contiguous_layout, masked_layout, valid_rows
 from ..spec import A2A, MoESpec, Quant
 from ..synthetic import random_inputs, random_weights
 from ..tokens import MODE_LAYOUTS, Layout, Wire, lossless_wires
+from ..weights import torch_equal_bits
 from . import round_trip
 from .round_trip import REFERENCE
 
@@ -183,7 +184,7 @@ def _raised(e: Exception, debug: bool) -> str:
 
 
 def _mutated(before: dict[str, torch.Tensor], now: dict[str, torch.Tensor]) -> list[str]:
-    return [n for n, t in now.items() if not torch.equal(before[n].view(torch.uint8), t.view(torch.uint8))]
+    return [n for n, t in now.items() if not torch_equal_bits(before[n], t)]
 
 
 def check_run(host: Host, backend: str, spec: MoESpec, *, tokens: int = 16, seed: int = 0) -> float:

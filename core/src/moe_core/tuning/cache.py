@@ -32,6 +32,7 @@ from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..environment import fingerprint_of as fingerprint
 from ..errors import MoEError
 from ..plan import SelectedBy, Selection
 from ..registry import PluginStatus
@@ -123,10 +124,6 @@ def environment_body(env, registry) -> dict[str, Any]:
     body["plugins"] = {r.name: r.version or "unversioned" for r in registry
                        if r.status is PluginStatus.OK}
     return body
-
-
-def fingerprint(body: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _flatten(d: Any, prefix: str = "") -> dict[str, Any]:
