@@ -7,6 +7,8 @@
 DE_SRC=${DE_SRC:-/tmp/deepep-src}
 DE_LOG=${DE_LOG:-/tmp/deepep-build.log}
 if [ ! -f "$DE_SRC/.built" ]; then
+    (cd .carry/deepep && sha256sum -c --quiet SHA256SUMS) ||
+        { echo "the carried DeepEP archive does not match .carry/deepep/SHA256SUMS" >&2; return 1 2>/dev/null || exit 1; }
     rm -rf "$DE_SRC" && mkdir -p "$DE_SRC"
     tar xzf .carry/deepep/deepep-*.tar.gz -C "$DE_SRC" --strip-components=1
     t0=$(date +%s)

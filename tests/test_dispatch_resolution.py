@@ -58,7 +58,8 @@ def test_dispatchers_rank_by_priority_and_the_rest_stay_in_the_trace():
 
 def test_a_runner_whose_dispatch_no_dispatcher_delivers_falls_through_with_reasons():
     spec = EP.replace(quant="nvfp4", static_input_scale=True)
-    host = host_with(("nv", _runner(layouts=(Layout.MASKED,), wire=(Wire.NVFP4,))))
+    host = host_with(("nv", _runner(layouts=(Layout.MASKED,), wire=(Wire.NVFP4,),
+                                    quantized_input=True)))
     res = host.explain(spec)
     assert str(res.plan.backend).startswith("reference:")
     k = _cand(res, "nv:k")

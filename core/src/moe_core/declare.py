@@ -80,6 +80,10 @@ class Variant:
     ``dependency_missing`` where one is not importable, after the plugin said yes.
     ``graph_safe``: its standard-layout call neither synchronises with the host nor sizes
     a tensor from data, so a loaded layer may be captured in a CUDA graph and replayed.
+    ``quantized_input`` (runners): it consumes quantized tokens with their scales, so
+    dispatchers hand it the wire tensors in the contiguous and masked layouts
+    (``run_contiguous_quantized`` / ``run_masked_quantized``) instead of dequantizing them;
+    a runner that takes the NVFP4 wire must say so (NVFP4 cannot be dequantized on arrival).
     """
 
     name: str
@@ -91,6 +95,7 @@ class Variant:
     requires: tuple[str, ...] = ()
     modes: tuple[A2A, ...] = ()
     graph_safe: bool = False
+    quantized_input: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__
@@ -105,6 +110,13 @@ class Variant:
         set_(self, "requires", tuple(self.requires))
         if self.kind is VariantKind.DISPATCHER and not self.modes:
             raise ValueError(f"dispatcher variant {self.name}: declares no a2a modes it serves")
+        if not isinstance(self.quantized_input, bool):
+            raise ValueError(f"variant {self.name}: quantized_input {self.quantized_input!r}; expected a bool")
+        if self.kind is VariantKind.RUNNER and not self.quantized_input and \
+                any(not w.dequantizable for w in self.wire):
+            raise ValueError(f"runner variant {self.name} takes the "
+                             f"{'/'.join(w.value for w in self.wire if not w.dequantizable)} wire, which "
+                             "arrives only quantized: declare quantized_input=True")
 
 
 @dataclass(frozen=True, slots=True)

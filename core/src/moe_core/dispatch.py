@@ -12,17 +12,28 @@ from .tokens import Layout, Wire
 @dataclass(frozen=True, slots=True)
 class DispatchConfig:
     """Dispatch settings of a plan: the a2a mode, the layout the runner receives, the wire
-    format, and the most tokens a rank sends per forward."""
+    format, the most tokens a rank sends per forward, and whether the runner receives the
+    wire tensors themselves (``Dispatched.quantized``) instead of dequantized ``x``.
+
+    ``deliver_quantized`` is derived by the host (:func:`moe_core.tokens.quantized_delivery`);
+    a wire that cannot be dequantized (NVFP4) always sets it.
+    """
 
     mode: A2A
     layout: Layout
     wire: Wire
     max_tokens_per_rank: int
+    deliver_quantized: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "mode", A2A(self.mode))
         object.__setattr__(self, "layout", Layout(self.layout))
         object.__setattr__(self, "wire", Wire(self.wire))
+        if not self.wire.dequantizable:
+            object.__setattr__(self, "deliver_quantized", True)
+        if self.deliver_quantized and not self.wire.quantized:
+            raise ValueError(f"deliver_quantized with the {self.wire} wire: there is nothing "
+                             "quantized to deliver (expected a quantized wire, e.g. fp8)")
 
     @property
     def round_scale(self) -> bool:
@@ -36,12 +47,14 @@ class DispatchConfig:
 
     @property
     def quantized(self) -> bool:
-        return self.wire is not Wire.BF16
+        return self.wire.quantized
 
     def describe(self) -> str:
-        return (f"{self.mode.value} {self.layout.value} {self.wire.value} "
+        kept = " kept quantized" if self.deliver_quantized else ""
+        return (f"{self.mode.value} {self.layout.value} {self.wire.value}{kept} "
                 f"(<= {self.max_tokens_per_rank} tokens/rank)")
 
     def to_dict(self) -> dict:
         return {"mode": self.mode.value, "layout": self.layout.value, "wire": self.wire.value,
-                "max_tokens_per_rank": self.max_tokens_per_rank}
+                "max_tokens_per_rank": self.max_tokens_per_rank,
+                "deliver_quantized": self.deliver_quantized}

@@ -58,8 +58,9 @@ class Dispatched:
     topk_weights: torch.Tensor | None = None
     #: Whatever the dispatcher's ``combine`` needs to route results back.
     handle: Any = None
-    #: The wire tensors as received (e.g. NVFP4 data and block scales), for runners that
-    #: consume quantized tokens (``run_masked_quantized``).
+    #: The wire tensors as received (FP8 data and scales, NVFP4 data and block scales), in
+    #: the plan's layout, when the plan delivers them (``DispatchConfig.deliver_quantized``;
+    #: see :mod:`moe_core.runner` for their shapes).
     quantized: tuple[torch.Tensor, ...] | None = None
 
 
@@ -92,9 +93,14 @@ class DispatchedLayer:
         self.layer.check_standard(x, topk_weights, topk_ids)
         d = self.dispatcher.dispatch(x, topk_ids, topk_weights)
         layout = self.plan.dispatch.layout
-        if not self.plan.dispatch.wire.dequantized_on_arrival:
-            # checked at load: the runner has run_masked_quantized and the layout is masked
-            y = self.layer.runner.run_masked_quantized(d.quantized, d.counts)
+        if self.plan.dispatch.deliver_quantized:
+            # checked at load: the runner has the layout's quantized entry point
+            if d.quantized is None:
+                raise PluginError(f"dispatcher {self.plan.dispatcher} delivered no wire tensors; "
+                                  f"the plan dispatches {self.plan.dispatch.describe()}")
+            runner = self.layer.runner
+            y = (runner.run_masked_quantized(d.quantized, d.counts) if layout is Layout.MASKED else
+                 runner.run_contiguous_quantized(d.quantized, offsets_from_counts(d.counts)))
         elif layout is Layout.MASKED:
             y = self.layer.run_masked(d.x, d.counts)
         elif layout is Layout.CONTIGUOUS:

@@ -156,8 +156,8 @@ def make_runner(plan: "Plan", weights: "MoEWeights") -> Any:
         weights when it has none).
     :return: a runner: an object with the methods of :class:`moe_core.runner.Runner` the
         plan's layout needs (``__call__`` always; ``run_contiguous`` / ``run_masked`` for
-        those layouts; ``run_masked_quantized`` when the wire is not dequantized on
-        arrival). The host checks it and names a missing method. Subclassing
+        those layouts; ``run_contiguous_quantized`` / ``run_masked_quantized`` when the
+        plan delivers the wire tensors, ``plan.dispatch.deliver_quantized``). The host checks it and names a missing method. Subclassing
         :class:`moe_core.runner.GroupedRunner` gives all three layouts from one
         ``run_contiguous``. The host wraps it in a :class:`moe_core.MoELayer` that checks
         inputs against the plan before each call.

@@ -25,7 +25,7 @@ from .isolation import call as isolated
 from .plan import Backend, Candidate, Plan, Resolution, SelectedBy, Selection, Status
 from .registry import PluginStatus, Registry, _describe_exc
 from .spec import A2A, MoESpec
-from .tokens import MODE_LAYOUTS, Layout, Wire, lossless_wires
+from .tokens import MODE_LAYOUTS, QUANTIZED_LAYOUTS, Layout, Wire, lossless_wires, quantized_delivery
 from .weights import MoEWeights, changed, fingerprint, validate_processed, validate_weights
 
 ENV_FORCE = "MOE_BACKEND"
@@ -396,10 +396,11 @@ class Host:
         first = None
         for layout in layouts:
             for wire in wires:
-                if not wire.dequantized_on_arrival and layout is not Layout.MASKED:
-                    continue  # quantized-only delivery exists for the masked layout alone
-                cfg = self._configure(plan, DispatchConfig(spec.a2a, layout, wire, spec.max_tokens),
-                                      layouts, wires)
+                kept = quantized_delivery(layout, wire, variant.quantized_input)
+                if kept is None:
+                    continue  # quantized-only wires reach the contiguous / masked layouts alone
+                cfg = self._configure(plan, DispatchConfig(spec.a2a, layout, wire, spec.max_tokens,
+                                                           kept), layouts, wires, variant)
                 trace = self._dispatchers_for(spec, cfg, disabled, env)
                 chosen = next((c for c in trace if c.status is Status.CHOSEN), None)
                 if chosen is not None:
@@ -408,14 +409,17 @@ class Host:
                 first = first or (cfg, trace)
         if first is None:
             raise _Declined(Reason.WIRE_UNSUPPORTED,
-                            f"{cand.backend} takes {_names(variant.wire)} only in the masked layout; "
-                            f"a2a {spec.a2a} delivers {_names(layouts)} here")
+                            f"{cand.backend} takes {_names(variant.wire)} only in the "
+                            f"{_names(QUANTIZED_LAYOUTS)} layouts; a2a {spec.a2a} delivers "
+                            f"{_names(layouts)} here")
         cfg, trace = first
         why = "; ".join(f"{c.backend}: {c.reason}" for c in trace) or "no dispatcher plugin installed"
         raise _Declined(Reason.NO_DISPATCHER, f"no dispatcher delivers {cfg.describe()} ({why})")
 
-    def _configure(self, plan: Plan, cfg: DispatchConfig, layouts, wires) -> DispatchConfig:
-        """The owner's ``configure_dispatcher`` on the derived ``cfg``, checked."""
+    def _configure(self, plan: Plan, cfg: DispatchConfig, layouts, wires,
+                   variant: Variant) -> DispatchConfig:
+        """The owner's ``configure_dispatcher`` on the derived ``cfg``, checked; whether the
+        runner gets the wire tensors stays derived from its declaration."""
         out = self._decide(plan.plugin, "configure_dispatcher", plan=plan, dispatcher=cfg)
         if out is None:
             return cfg
@@ -423,10 +427,11 @@ class Host:
             raise PluginError(f"returned {type(out).__name__}; expected DispatchConfig or None")
         if out.mode is not cfg.mode:
             raise PluginError(f"changed the a2a mode to {out.mode}; the spec says {cfg.mode}")
-        if out.layout not in layouts or out.wire not in wires:
+        kept = quantized_delivery(out.layout, out.wire, variant.quantized_input)
+        if out.layout not in layouts or out.wire not in wires or kept is None:
             raise PluginError(f"asked for {out.layout} {out.wire}; this variant may take "
                               f"{_names(layouts)} layouts and {_names(wires)} wire formats here")
-        return out
+        return dataclasses.replace(out, deliver_quantized=kept)
 
     def _dispatchers_for(self, spec: MoESpec, cfg: DispatchConfig, disabled,
                          env: Environment) -> tuple[Candidate, ...]:

@@ -41,27 +41,47 @@ class MaskedRunner(Protocol):
         ...
 
 
+# Quantized delivery (``DispatchConfig.deliver_quantized``): the wire tensors as received.
+# FP8 / FP8_UE8M0: ``(q e4m3 [..., H], scales fp32 [..., ceil(H / 128)])``, one scale per
+# 1x128 group of a row (power-of-two values for UE8M0); the scales may be row-major or
+# MN-major (DeepEP low-latency hands them column-major for TMA). NVFP4: the data, its block
+# scales and the input global scale they were made with.
+
+
 @runtime_checkable
 class QuantizedMaskedRunner(Protocol):
     def run_masked_quantized(self, quantized: tuple[torch.Tensor, ...],
                              masked_m: torch.Tensor) -> torch.Tensor:
-        """The wire tensors as received (e.g. NVFP4 data and block scales) in the masked
-        layout -> ``[E_local, M, H]`` in the activation dtype."""
+        """The wire tensors in the masked layout (``[E_local, M, ...]``) -> ``[E_local, M, H]``
+        in the activation dtype; rows past a count are unspecified."""
+        ...
+
+
+@runtime_checkable
+class QuantizedContiguousRunner(Protocol):
+    def run_contiguous_quantized(self, quantized: tuple[torch.Tensor, ...],
+                                 offsets: torch.Tensor) -> torch.Tensor:
+        """The wire tensors as rows ``[N, ...]`` grouped per local expert (``offsets
+        [E_local + 1]``) -> ``[N, H]`` expert outputs in the activation dtype, not weighted."""
         ...
 
 
 #: The Protocol a runner must satisfy for each layout it is planned with.
 LAYOUT_PROTOCOL = {Layout.STANDARD: Runner, Layout.CONTIGUOUS: ContiguousRunner,
                    Layout.MASKED: MaskedRunner}
+#: ... and, when the plan delivers the wire tensors, for the layout's quantized entry point.
+QUANTIZED_PROTOCOL = {Layout.CONTIGUOUS: QuantizedContiguousRunner,
+                      Layout.MASKED: QuantizedMaskedRunner}
 _METHOD = {Runner: "__call__", ContiguousRunner: "run_contiguous", MaskedRunner: "run_masked",
-           QuantizedMaskedRunner: "run_masked_quantized"}
+           QuantizedMaskedRunner: "run_masked_quantized",
+           QuantizedContiguousRunner: "run_contiguous_quantized"}
 
 
 def missing_methods(runner: Any, dispatch: DispatchConfig) -> list[str]:
     """The methods ``runner`` lacks for a plan that dispatches as ``dispatch``."""
     need = [Runner, LAYOUT_PROTOCOL[dispatch.layout]]
-    if not dispatch.wire.dequantized_on_arrival:
-        need.append(QuantizedMaskedRunner)
+    if dispatch.deliver_quantized:
+        need.append(QUANTIZED_PROTOCOL[dispatch.layout])
     return [_METHOD[p] for p in dict.fromkeys(need) if not isinstance(runner, p)]
 
 
@@ -124,6 +144,25 @@ class GroupedRunner:
         out = torch.zeros_like(x)
         out[valid] = self.run_contiguous(x[valid], offsets_from_counts(masked_m)).to(x.dtype)
         return out
+
+    # A runner that declares ``quantized_input`` gets these; this base dequantizes FP8 wire
+    # tensors (so the reference checks quantized delivery); FP8 kernels override them.
+    def run_contiguous_quantized(self, quantized, offsets: torch.Tensor) -> torch.Tensor:
+        return self.run_contiguous(dequantize_wire(quantized), offsets)
+
+    def run_masked_quantized(self, quantized, masked_m: torch.Tensor) -> torch.Tensor:
+        return self.run_masked(dequantize_wire(quantized), masked_m)
+
+
+def dequantize_wire(quantized: tuple[torch.Tensor, ...], dtype: torch.dtype = torch.bfloat16) -> torch.Tensor:
+    """FP8 wire tensors ``(q [..., H], scales [..., ceil(H / 128)])`` -> ``[..., H]`` in ``dtype``."""
+    from .quant.fp8 import ACT_GROUP, dequantize_fp8_blockwise
+
+    if len(quantized) != 2 or quantized[0].dtype != torch.float8_e4m3fn:
+        raise TypeError(f"expected FP8 wire tensors (e4m3 data, fp32 scales); got "
+                        f"{[(tuple(t.shape), t.dtype) for t in quantized]}")
+    q, scale = quantized
+    return dequantize_fp8_blockwise(q, scale.float(), 1, ACT_GROUP).to(dtype)
 
 
 def contiguous_layout(x: torch.Tensor, topk_ids: torch.Tensor, first_expert: int, num_local: int):

@@ -32,9 +32,14 @@ class Wire(StrEnum):
     NVFP4 = "nvfp4"
 
     @property
-    def dequantized_on_arrival(self) -> bool:
-        """Whether the dispatcher hands the runner ``x`` in the activation dtype (FP8 is
-        dequantized on arrival); otherwise only the wire tensors (``Dispatched.quantized``)."""
+    def quantized(self) -> bool:
+        return self is not Wire.BF16
+
+    @property
+    def dequantizable(self) -> bool:
+        """Whether a dispatcher can hand the runner these tokens in the activation dtype. FP8
+        can be dequantized row by row; NVFP4's global scale belongs to the runner's kernels,
+        so NVFP4 arrives only as the wire tensors (``Dispatched.quantized``)."""
         return self is not Wire.NVFP4
 
 
@@ -46,6 +51,25 @@ MODE_LAYOUTS: dict[A2A, tuple[Layout, ...]] = {
     A2A.DEEPEP_NORMAL: (Layout.STANDARD, Layout.CONTIGUOUS),
     A2A.DEEPEP_LL: (Layout.MASKED,),
 }
+
+
+#: The layouts in which a runner can take the wire tensors themselves (a dispatcher that
+#: hands over the standard layout dequantizes: the runner routes those rows itself).
+QUANTIZED_LAYOUTS = (Layout.CONTIGUOUS, Layout.MASKED)
+
+
+def quantized_delivery(layout: Layout, wire: Wire, quantized_input: bool) -> bool | None:
+    """Whether tokens moved as ``wire`` reach a runner in ``layout`` as the wire tensors
+    (True) or dequantized (False); None when they cannot reach it at all.
+
+    ``quantized_input`` is the runner's one declaration (``Variant(quantized_input=)``): it
+    consumes quantized tokens and their scales, so a dispatcher must not dequantize them.
+    """
+    if not wire.quantized:
+        return False
+    if quantized_input and layout in QUANTIZED_LAYOUTS:
+        return True
+    return False if wire.dequantizable else None
 
 
 def lossless_wires(spec: MoESpec) -> tuple[Wire, ...]:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import moe_plugin_deepgemm as plugin
-from moe_core import Host, MoESpec, Reason, Wire, spec_for_model
+from moe_core import Host, Layout, MoESpec, Reason, Wire, spec_for_model
 from moe_core.reference.oracle import relative_error
 from moe_core.registry import Registry
 from moe_core.synthetic import random_inputs, random_weights
@@ -208,3 +208,46 @@ def test_scenario_model_declarations(fake_dg, model, kw, variant, reason):
         assert c.status == "chosen"
     else:
         assert reason in c.reason and not c.supported
+
+
+# -- FP8 tokens kept quantized (#15) ----------------------------------------------------
+@pytest.mark.parametrize("a2a, tokens, layout", [
+    ("deepep_ll", 128, Layout.MASKED), ("deepep_normal", 4096, Layout.CONTIGUOUS),
+    ("torch_a2a", 128, Layout.MASKED), ("torch_a2a", 4096, Layout.CONTIGUOUS)])
+def test_fp8_layers_get_the_fp8_tokens_themselves(fake_dg, a2a, tokens, layout):
+    spec = MoESpec(num_experts=64, top_k=8, hidden_size=2048, intermediate_size=1024,
+                   quant="fp8_block128", arch="sm90", a2a=a2a, tp_size=8, ep_size=8, max_tokens=tokens)
+    d = host().resolve(spec, force="deepgemm").dispatch
+    assert (d.layout, d.wire, d.deliver_quantized) == (layout, Wire.FP8, True)
+    bf16 = host().resolve(spec.replace(quant="bf16"), force="deepgemm").dispatch
+    assert bf16.wire is Wire.BF16 and not bf16.deliver_quantized
+
+
+@pytest.mark.parametrize("variant", ["contiguous", "contiguous_fused", "masked", "masked_fused"])
+def test_quantized_entry_points_compute_what_the_bf16_ones_do(fake_dg, variant):
+    """FP8 tokens straight into the first GEMM give the bf16 path's output on the same
+    (already quantized) tokens, and the first GEMM is handed those very bytes."""
+    from moe_core.quant.fp8 import quantize_fp8_blockwise
+    from moe_core.runner import dequantize_wire
+
+    spec = MoESpec(num_experts=4, top_k=2, hidden_size=256, intermediate_size=512,
+                   quant="fp8_block128", arch="sm90", max_tokens=64)
+    plan = host().resolve(spec, force=f"deepgemm:{variant}")
+    runner = DeepGemmRunner(plan, prepare(plan, random_weights(spec, device="cpu")))
+    gen = torch.Generator().manual_seed(3)
+    if variant.startswith("masked"):
+        x = torch.randn(4, 100, 256, generator=gen).bfloat16()  # 100 rows: padded to a tile
+        counts = torch.tensor([7, 0, 100, 3])
+        q, s = quantize_fp8_blockwise(x, 1, 128)
+        got = runner.run_masked_quantized((q, s), counts)
+        want = runner.run_masked(dequantize_wire((q, s)), counts)
+        valid = torch.arange(100)[None, :] < counts[:, None]
+        got, want = got[valid], want[valid]
+    else:
+        x = torch.randn(30, 256, generator=gen).bfloat16()
+        offsets = torch.tensor([0, 12, 12, 29, 30])
+        q, s = quantize_fp8_blockwise(x, 1, 128)
+        got = runner.run_contiguous_quantized((q, s), offsets)
+        want = runner.run_contiguous(dequantize_wire((q, s)), offsets)
+        assert runner.run_contiguous_quantized((q[:0], s[:0]), torch.zeros(5, dtype=torch.long)).shape == (0, 256)
+    assert got.dtype == torch.bfloat16 and relative_error(got, want) < 1e-2

@@ -120,7 +120,7 @@ def test_static_input_scale_dispatches_nvfp4_with_the_global_scale(kernels_assum
 
     plan = host().resolve(SPEC.replace(static_input_scale=True))
     assert str(plan.backend) == "flashinfer_cutedsl:v1"
-    assert plan.dispatch.wire is Wire.NVFP4 and not plan.dispatch.wire.dequantized_on_arrival
+    assert plan.dispatch.wire is Wire.NVFP4 and plan.dispatch.deliver_quantized
     # torch's dispatcher cannot move nvfp4: only DeepEP serves this plan.
     assert str(plan.dispatcher) == "deepep:low_latency"
     kw = low_latency_kwargs(plan.dispatch, x_global_scale=torch.ones(1))

@@ -27,7 +27,7 @@ from ..registry import PluginStatus
 from ..runner import contiguous_layout, masked_layout, valid_rows
 from ..spec import A2A, MoESpec, Quant
 from ..synthetic import random_inputs, random_weights
-from ..tokens import MODE_LAYOUTS, Layout, Wire, lossless_wires
+from ..tokens import MODE_LAYOUTS, Layout, Wire, lossless_wires, quantized_delivery
 from ..weights import torch_equal_bits
 from . import round_trip
 from .round_trip import REFERENCE
@@ -143,13 +143,16 @@ def plugin_candidates(host: Host, plugin: str, spec: MoESpec) -> list[Candidate]
 
 def dispatch_configs(spec: MoESpec) -> list[DispatchConfig]:
     """Every dispatch the host may ask a dispatcher about for ``spec``: each layout its a2a
-    mode delivers, in each wire format that loses nothing (the quantized-only NVFP4 wire in
-    the masked layout alone)."""
+    mode delivers, in each wire format that loses nothing, dequantized and (for a runner
+    declaring ``quantized_input``) kept quantized where that layout can carry it."""
     if spec.a2a is A2A.NONE:
         return []
-    return [DispatchConfig(spec.a2a, layout, wire, spec.max_tokens)
-            for layout in MODE_LAYOUTS[spec.a2a] for wire in lossless_wires(spec)
-            if wire.dequantized_on_arrival or layout is Layout.MASKED]
+    out = []
+    for layout in MODE_LAYOUTS[spec.a2a]:
+        for wire in lossless_wires(spec):
+            kept = {quantized_delivery(layout, wire, q) for q in (False, True)} - {None}
+            out += [DispatchConfig(spec.a2a, layout, wire, spec.max_tokens, k) for k in sorted(kept)]
+    return out
 
 
 def dispatcher_candidates(host: Host, plugin: str, spec: MoESpec,
@@ -256,7 +259,7 @@ def round_trip_skip_reason(spec: MoESpec, dispatch: DispatchConfig) -> str | Non
     """Why a dispatch cannot make a round trip on this machine, or None."""
     if spec.ep_size != round_trip.WORLD:
         return f"ep_size {spec.ep_size}: the round trip runs on a group of {round_trip.WORLD}"
-    if not dispatch.wire.dequantized_on_arrival:
+    if dispatch.deliver_quantized and not dispatch.wire.dequantizable:
         return f"the {dispatch.wire.value} wire delivers tokens the reference runner cannot take"
     if spec.arch != "cpu":
         return (not_runnable_here(spec) or

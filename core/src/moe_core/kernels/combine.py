@@ -65,6 +65,9 @@ def weighted_reduce(y: torch.Tensor, pos: torch.Tensor, weights: torch.Tensor) -
                                           weights.float().contiguous(), out, H, K=k, BH=_REDUCE_BLOCK_H)
         return out
     valid = pos >= 0
+    if not n or not y.shape[0]:
+        return torch.zeros(n, H, dtype=torch.bfloat16, device=y.device)
     gathered = y.index_select(0, pos.clamp(min=0).reshape(-1).long()).view(n, k, H).float()
-    w = torch.where(valid, weights.float(), 0.0)
-    return torch.einsum("nk,nkh->nh", w, gathered).to(torch.bfloat16)
+    # rows nobody wrote (a masked layout's tail) may hold NaN: never multiply them in
+    gathered = torch.where(valid[..., None], gathered, 0.0)
+    return torch.einsum("nk,nkh->nh", weights.float(), gathered).to(torch.bfloat16)

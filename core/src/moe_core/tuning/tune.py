@@ -149,8 +149,8 @@ class _Progress:
 def _time_one(host, plan, weights, tokens: int, timer: WallClock, seed: int) -> Measured:
     d = plan.dispatch
     m = Measured(str(plan.backend), d.layout.value, d.wire.value)
-    if not d.wire.dequantized_on_arrival:
-        m.note = f"{d.wire} wire: timed run_masked on {plan.spec.act_dtype} rows"
+    if d.deliver_quantized:
+        m.note = f"{d.wire} wire kept quantized: timed run_{d.layout.value} on {plan.spec.act_dtype} rows"
     layer = None
     try:
         box = []

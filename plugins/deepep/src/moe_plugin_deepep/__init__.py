@@ -3,7 +3,7 @@
 
 from moe_core import DISPATCHER, Variant, Verdict, hookimpl
 
-from .constraints import LAYOUTS, LOW_LATENCY, MODE, NORMAL, WIRE, reasons
+from .constraints import LAYOUTS, LOW_LATENCY, MODE, NORMAL, WIRE, buffer_bytes, reasons
 
 _SUMMARY = {NORMAL: "DeepEP normal mode (NVLink / RDMA; prefill)",
             LOW_LATENCY: "DeepEP low-latency mode (NVSHMEM / IBGDA; decode, masked layout)"}
@@ -22,8 +22,12 @@ def supports_dispatch(spec, dispatch):
     out = []
     for v in VARIANTS:
         why = reasons(v.name, spec, dispatch)
-        out.append(Verdict.no(v.name, why[0][0], "; ".join(d for _, d in why)) if why else
-                   Verdict.yes(v.name, f"DeepEP {v.name}: {dispatch.wire} {dispatch.layout}"))
+        if why:
+            out.append(Verdict.no(v.name, why[0][0], "; ".join(d for _, d in why)))
+            continue
+        nvl, rdma = buffer_bytes(v.name, spec, dispatch)
+        out.append(Verdict.yes(v.name, f"DeepEP {v.name}: {dispatch.wire} {dispatch.layout}, "
+                                       f"buffers {(nvl + rdma) / 2**30:.2f} GiB per rank"))
     return out
 
 

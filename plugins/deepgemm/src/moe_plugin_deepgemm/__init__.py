@@ -20,8 +20,10 @@ from .constraints import CONTIGUOUS, LAYOUTS, MASKED, VARIANTS, WIRE, verdicts
 
 @hookimpl
 def moe_variants():
+    # quantized_input: FP8 tokens reach the first GEMM as they travel (run_*_quantized)
     return [Variant(name, priority, summary, requires=("deep_gemm",), wire=WIRE,
-                    layouts=LAYOUTS[MASKED if name.startswith(MASKED) else CONTIGUOUS])
+                    layouts=LAYOUTS[MASKED if name.startswith(MASKED) else CONTIGUOUS],
+                    quantized_input=True)
             for name, (priority, summary) in VARIANTS.items()]
 
 

@@ -104,3 +104,53 @@ class DeepGemmRunner(GroupedRunner):
         # which this plugin never passes (its plans have no down-GEMM overlap): nothing to read.
         y, _ = self._gemm(self._activation(h, mm), "w2", None, masked_m=mm)
         return y  # rows past masked_m are unspecified, as DeepEP's combine expects
+
+    # -- FP8 tokens as they travel (the variants declare quantized_input) ------------------
+    # The dispatcher hands over e4m3 data with one fp32 scale per 1x128 group, the operand
+    # DeepGEMM's first GEMM takes: no dequantize / requantize in between. (Entry points of
+    # their own, so the bf16-token paths above stay as they are.)
+    def run_masked_quantized(self, quantized, masked_m: torch.Tensor) -> torch.Tensor:
+        """``(q [E, M, H], scales [E, M, H / 128])`` -> ``[E, M, H]`` bf16."""
+        if not (self.fp8 and self.masked):  # a bf16 layer: the base dequantizes
+            return super().run_masked_quantized(quantized, masked_m)
+        q, s = quantized
+        rows = q.shape[1]
+        if rows % MASKED_ROWS:  # whole tiles, as in run_masked
+            pad = round_up(rows, MASKED_ROWS) - rows
+            q = torch.nn.functional.pad(q.view(torch.uint8), (0, 0, 0, pad)).view(q.dtype)
+            s = torch.nn.functional.pad(s, (0, 0, 0, pad))
+            return self.run_masked_quantized((q, s), masked_m)[:, :rows]
+        mm = masked_m.to(torch.int32).contiguous()
+        h, _ = self._gemm((q, s), "w13", None, masked_m=mm)
+        y, _ = self._gemm(self._activation(h, mm), "w2", None, masked_m=mm)
+        return y
+
+    def run_contiguous_quantized(self, quantized, offsets: torch.Tensor) -> torch.Tensor:
+        """``(q [N, H], scales [N, H / 128])`` grouped per expert -> ``[N, H]`` bf16."""
+        if not self.fp8 or self.masked:
+            return super().run_contiguous_quantized(quantized, offsets)
+        q, s = quantized
+        if q.shape[0] == 0:
+            return torch.zeros(0, self.spec.hidden_size, dtype=torch.bfloat16, device=q.device)
+        dst, m_indices, rows = self._aligned(offsets, q.shape[0])
+        aq = torch.zeros(rows, q.shape[1], dtype=torch.uint8, device=q.device)
+        aq[dst] = q.view(torch.uint8)  # byte copies: index_put has no fp8 kernel everywhere
+        a_s = torch.zeros(rows, s.shape[1], dtype=torch.float32, device=q.device)
+        a_s[dst] = s.float()
+        h, _ = self._gemm((aq.view(q.dtype), a_s), "w13", m_indices)
+        y, _ = self._gemm(self._activation(h), "w2", m_indices)
+        return y[dst]
+
+    def _aligned(self, offsets: torch.Tensor, n: int):
+        """DeepGEMM's aligned contiguous layout for ``n`` rows grouped by ``offsets``: each
+        row's destination, the per-row expert index (-1: padding) and the row count."""
+        E = self.spec.local_experts
+        counts = offsets.diff()
+        padded = (counts + self.align - 1) // self.align * self.align
+        starts = padded.cumsum(0) - padded
+        expert = torch.repeat_interleave(torch.arange(E, device=offsets.device), counts, output_size=n)
+        dst = starts[expert] + torch.arange(n, device=offsets.device) - offsets[:-1][expert]
+        rows = int(padded.sum())
+        m_indices = torch.full((rows,), -1, dtype=torch.int32, device=offsets.device)
+        m_indices[dst] = expert.to(torch.int32)
+        return dst, m_indices, rows

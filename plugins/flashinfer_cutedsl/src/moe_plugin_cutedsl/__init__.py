@@ -12,8 +12,9 @@ _SUMMARY = {V1: "masked CuTe-DSL MoE straight on DeepEP low-latency's layout",
 _YES = {V1: "NVFP4 masked grouped GEMMs on a dispatcher's masked layout; [Gate, Up] w13, "
             "swizzled block scales, no autotune run",
         V2: "NVFP4 grouped GEMMs; w13 halves interleaved by 64, block scales in the MMA layout"}
+# v1 takes NVFP4 tokens as they travel (its kernels read the data and block scales).
 VARIANTS = [Variant(name, 25, _SUMMARY[name], layouts=LAYOUTS[name], wire=WIRE[name],
-                    requires=REQUIRES) for name in (V1, V2)]
+                    requires=REQUIRES, quantized_input=name == V1) for name in (V1, V2)]
 
 
 @hookimpl
