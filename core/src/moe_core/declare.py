@@ -78,6 +78,8 @@ class Variant:
     Dispatchers: ``modes`` the a2a modes it serves, ``layouts`` and ``wire`` what it can
     deliver. ``requires``: kernel modules the variant needs; the host declines it with
     ``dependency_missing`` where one is not importable, after the plugin said yes.
+    ``graph_safe``: its standard-layout call neither synchronises with the host nor sizes
+    a tensor from data, so a loaded layer may be captured in a CUDA graph and replayed.
     """
 
     name: str
@@ -88,6 +90,7 @@ class Variant:
     wire: tuple[Wire, ...] = (Wire.BF16,)
     requires: tuple[str, ...] = ()
     modes: tuple[A2A, ...] = ()
+    graph_safe: bool = False
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__

@@ -377,7 +377,7 @@ class Host:
         local = DispatchConfig(spec.a2a, Layout.STANDARD, Wire.BF16, spec.max_tokens)
         plan = Plan(spec, cand.plugin, cand.variant, verdict.reason,
                     verdict.padded_intermediate or spec.intermediate_per_partition, overlap,
-                    local, verdict.options)
+                    local, verdict.options, graph_safe=variant.graph_safe)
         delivered = MODE_LAYOUTS[spec.a2a]
         layouts = [lay for lay in takes if lay in delivered]
         if not layouts:

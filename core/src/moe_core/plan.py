@@ -125,6 +125,8 @@ class Plan:
     dispatchers: tuple[Candidate, ...] = field(default=(), compare=False)
     #: How the runner was picked among those that would run (measured or static order).
     selection: Selection | None = field(default=None, compare=False)
+    #: The runner's standard-layout call may be captured in a CUDA graph (its variant says so).
+    graph_safe: bool = False
 
     @property
     def backend(self) -> Backend:
@@ -148,6 +150,7 @@ class Plan:
                            if self.dispatcher else None),
             "dispatchers": [c.to_dict() for c in self.dispatchers],
             "options": dict(self.options),
+            "graph_safe": self.graph_safe,
             "selection": self.selection.to_dict() if self.selection else None,
         }
 

@@ -102,6 +102,9 @@ def print_resolution(res: Resolution) -> None:
     ov = p.overlap
     console.print(f"  overlap: sbo={ov.sbo} down_gemm={ov.down_gemm}"
                   f"{' (' + ov.reason + ')' if ov.reason else ''}", highlight=False)
+    graph = ("capturable (the runner declares graph_safe)" if p.graph_safe
+             else "no: eager (the runner does not declare graph_safe)")
+    console.print(f"  cuda graph: {graph}", highlight=False)
     if p.selection:
         print_selection(p.selection)
     if p.dispatchers:
