@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moe_core.runner import slot_positions, weighted_reduce
+from moe_core.kernels.combine import slot_positions, weighted_reduce
 
 
 def test_weighted_reduce_matches_its_definition():

@@ -47,7 +47,7 @@ def test_fused_kernel_matches_its_definition(limit, alpha):
 
 def test_group_quant_kernel_matches_the_reference_quantizer():
     from moe_core.quant.fp8 import quantize_fp8_blockwise
-    from moe_plugin_deepgemm.quant_act import quantize_groups
+    from moe_core.kernels.group_quant import quantize_groups
 
     x = torch.randn(300, 1024, device="cuda").to(torch.bfloat16)
     src = torch.tensor([5, -1, 0, 299, -1] * 20, device="cuda")
@@ -106,7 +106,7 @@ def test_masked_layout_from_deepep_low_latency(host, quant):
 
 def test_kernels_skip_rows_past_each_count():
     from moe_plugin_deepgemm.fused_act import fused_silu_mul_quant
-    from moe_plugin_deepgemm.quant_act import quantize_groups
+    from moe_core.kernels.group_quant import quantize_groups
 
     h = torch.randn(3, 128, 2048, device="cuda").to(torch.bfloat16)
     counts = torch.tensor([0, 5, 128], dtype=torch.int32, device="cuda")

@@ -3,7 +3,7 @@
 Each token goes once to each rank that owns at least one of its experts (not once per
 expert), with its top-k ids and weights packed into the same row of bytes, so dispatch is
 one count exchange plus one payload exchange. The receiving rank reduces its experts'
-outputs per token (weights applied, :func:`moe_core.runner.weighted_reduce`) before sending
+outputs per token (weights applied, :func:`moe_core.kernels.combine.weighted_reduce`) before sending
 one row back, as DeepEP's normal mode does; the origin adds the per-rank partial sums in fp32.
 """
 
@@ -14,7 +14,8 @@ import torch.distributed as dist
 
 from ..ep import Dispatched, Dispatcher, ep_group
 from ..quant.fp8 import ACT_GROUP, dequantize_fp8_blockwise, quantize_fp8_blockwise
-from ..runner import contiguous_layout, slot_positions, weighted_reduce
+from ..kernels.combine import slot_positions, weighted_reduce
+from ..runner import contiguous_layout
 from ..sizes import cdiv
 from ..tokens import Layout, Wire
 

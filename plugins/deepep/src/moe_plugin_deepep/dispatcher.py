@@ -12,7 +12,8 @@ import torch
 from moe_core import Layout, Wire
 from moe_core.ep import Dispatched, Dispatcher, ep_group
 from moe_core.quant.fp8 import ACT_GROUP, dequantize_fp8_blockwise, quantize_fp8_blockwise
-from moe_core.runner import contiguous_layout, slot_positions, weighted_reduce
+from moe_core.kernels.combine import slot_positions, weighted_reduce
+from moe_core.runner import contiguous_layout
 
 from .args import low_latency_kwargs, fp8_wire
 from .constraints import LOW_LATENCY

@@ -10,7 +10,7 @@ from moe_core.sizes import round_up
 from moe_core.spec import Quant
 
 from .constraints import MASKED_ROWS
-from .quant_act import quantize_groups
+from moe_core.kernels.group_quant import quantize_groups
 
 RECIPE = (1, 128, 128)  # 1x128 activation groups, 128x128 weight blocks
 

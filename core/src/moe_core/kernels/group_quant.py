@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from moe_core.quant.fp8 import quantize_fp8_blockwise
+from ..quant.fp8 import quantize_fp8_blockwise
 
 GROUP, BLOCK_M = 128, 32
 _compiled = None
