@@ -139,7 +139,7 @@ def measure(device: str | None = None) -> Ceilings:
 
 def describe(c: Ceilings) -> str:
     """One line for a benchmark's header."""
-    parts = [f"HBM copy {c.hbm_copy_tbps:.2f} TB/s"]
+    parts = [f"HBM copy {c.hbm_copy_tbps:.3g} TB/s"]
     if c.bf16_tflops:
         parts.append(f"bf16 mm {c.bf16_tflops:.0f} TFLOP/s")
     if c.fp8_tflops:

@@ -62,7 +62,7 @@ class DeepGemmDirect:
 
     def _activation(self, h: torch.Tensor, counts: torch.Tensor | None = None):
         from moe_plugin_deepgemm.fused_act import fused_silu_mul_quant
-        from moe_plugin_deepgemm.quant_act import quantize_groups
+        from moe_core.kernels.group_quant import quantize_groups
 
         if self.fused:
             return fused_silu_mul_quant(h, self.spec.swiglu_limit, self.spec.swiglu_alpha, counts)
@@ -74,7 +74,7 @@ class DeepGemmDirect:
         return (w, getattr(self.w, which + "_scale")) if self.fp8 else w
 
     def contiguous(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> Prepared:
-        from moe_plugin_deepgemm.quant_act import quantize_groups
+        from moe_core.kernels.group_quant import quantize_groups
 
         s, dg = self.spec, self.dg
         T, k = topk_ids.shape
@@ -105,7 +105,7 @@ class DeepGemmDirect:
                         f"{rows} aligned rows (M alignment {self.align})")
 
     def masked(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> Prepared:
-        from moe_plugin_deepgemm.quant_act import quantize_groups
+        from moe_core.kernels.group_quant import quantize_groups
 
         s, dg = self.spec, self.dg
         T, k = topk_ids.shape

@@ -6,7 +6,7 @@ expert) and the ``@triton.jit`` helpers it calls are taken from the ``fused_moe.
 in a fresh namespace holding only ``triton`` and ``tl``; vllm is never imported). Around
 it, ours: the token alignment (:func:`moe_core.kernels.align.align_by_expert`), the
 activation (:func:`moe_core.activations.apply_activation`), the 1x128 FP8 activation
-quantization (:func:`moe_plugin_deepgemm.quant_act.quantize_groups`) and the sum over the
+quantization (:func:`moe_core.kernels.group_quant.quantize_groups`) and the sum over the
 top-k. The layer is GEMM1 -> activation -> GEMM2 with the top-k weights applied in its
 epilogue -> sum over top-k, as vLLM's ``fused_experts_impl`` runs it.
 
@@ -264,7 +264,7 @@ class VllmTritonMoE:
     def _quantize(self, a: torch.Tensor):
         if not self.fp8:
             return a, None
-        from moe_plugin_deepgemm.quant_act import quantize_groups
+        from moe_core.kernels.group_quant import quantize_groups
 
         return quantize_groups(a)
 
