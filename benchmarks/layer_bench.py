@@ -188,11 +188,13 @@ def routed_inputs(spec: MoESpec, tokens: int, device: str, seed: int = SEED):
     """``(x [T, H], topk_weights [T, k] fp32, topk_ids [T, k] int64)``: k distinct experts per
     token drawn uniformly over the local experts, softmax weights, N(0, 1) tokens. Seeded
     the same for every token count, so a smaller batch is the start of a larger one."""
-    gen = torch.Generator().manual_seed(seed)
+    def gen(i):  # one stream per tensor: rows are drawn in order, so prefixes agree
+        return torch.Generator().manual_seed(seed * 3 + i)
+
     E = spec.local_experts
-    x = torch.randn(tokens, spec.hidden_size, generator=gen).to(torch.bfloat16)
-    ids = torch.rand(tokens, E, generator=gen).argsort(dim=1)[:, :spec.top_k] + spec.first_expert
-    w = torch.softmax(torch.randn(tokens, spec.top_k, generator=gen), dim=-1)
+    x = torch.randn(tokens, spec.hidden_size, generator=gen(0)).to(torch.bfloat16)
+    ids = torch.rand(tokens, E, generator=gen(1)).argsort(dim=1)[:, :spec.top_k] + spec.first_expert
+    w = torch.softmax(torch.randn(tokens, spec.top_k, generator=gen(2)), dim=-1)
     return x.to(device), w.to(device), ids.to(device)
 
 
