@@ -42,7 +42,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ceilings as measured  # noqa: E402
-from common import time_call  # noqa: E402
+from common import L2_FLUSH_BYTES, time_call  # noqa: E402
 from peers import PeerUnavailable  # noqa: E402
 
 from moe_core import Host, MoESpec  # noqa: E402
@@ -597,7 +597,12 @@ def environment(args, device: str) -> dict:
     return dict(date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 device=torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
                 torch=torch.__version__, triton=version("triton"), transformers=version("transformers"),
-                python=platform.python_version(), smoke=args.smoke, command=" ".join(sys.argv))
+                python=platform.python_version(), smoke=args.smoke, command=" ".join(sys.argv),
+                timing=("median of samples of one call each: CUDA events around a CUDA-graph replay "
+                        "(or an eager call where capture failed), after writing "
+                        f"{L2_FLUSH_BYTES >> 20} MiB so no sample finds weights in L2"
+                        if device == "cuda" else "median of wall-clock samples of one call each"),
+                budget_s=args.budget, skip=list(args.skip), seed=SEED, checked_tokens=CHECKED_TOKENS)
 
 
 def parse(argv=None):
