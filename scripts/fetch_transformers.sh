@@ -4,7 +4,7 @@
 # has ExpertsInterface but no transformers.distributed.expert_parallel, so no ep_size /
 # ep_implementation), its dependencies for the GPU machine's platform (CPython 3.12,
 # manylinux x86_64), and accelerate (sharded loading) without its torch requirement.
-# About 45 MB; the device run carries 64 MiB in all.
+# About 30 MB; the device run carries 64 MiB in all.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEST=.carry/tf
@@ -15,4 +15,6 @@ PLATFORM=(--only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x8
 mkdir -p "$DEST"
 python3 -m pip download -q "${PLATFORM[@]}" -d "$DEST" "transformers==$TRANSFORMERS"
 python3 -m pip download -q "${PLATFORM[@]}" --no-deps -d "$DEST" "accelerate==$ACCELERATE" psutil
+# The GPU machine has numpy (2.5.x); carrying another 16 MB of it buys nothing.
+rm -f "$DEST"/numpy-*.whl
 du -sh "$DEST"

@@ -24,6 +24,8 @@ README_SKIPS = {
     'from_pretrained(name, dtype=torch.bfloat16, experts_implementation="moe_core"':
         "needs a transformers checkpoint `name` (tests/test_transformers_integration.py loads a "
         "saved tiny one the same way; tests/test_transformers_distributed.py shards it on gloo)",
+    "step = layer.graphed(": "needs a CUDA device and a graph-safe runner (tests/test_graphs.py "
+                             "captures and replays one on the GPU, and checks the refusals on CPU)",
     "rep = apply(model)": "needs a loaded transformers model (`moe hf` and "
                           "tests/test_transformers_integration.py run it)",
 }

@@ -48,6 +48,11 @@ class InputError(MoEError, ValueError):
     """A runner input (hidden states, top-k ids or weights) that does not fit the plan."""
 
 
+class GraphError(MoEError):
+    """A layer that cannot be captured in a CUDA graph (not declared graph-safe, not on CUDA),
+    or a call the captured graphs do not cover."""
+
+
 class PluginError(MoEError):
     """A plugin broke a hook's contract (wrong return type, raised, missing hook)."""
 

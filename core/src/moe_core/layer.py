@@ -48,6 +48,13 @@ class MoELayer:
         self.check_standard(x, topk_weights, topk_ids)
         return self.run_standard(x, topk_weights, topk_ids)
 
+    def graphed(self, token_counts, *, copy_out: bool = True):
+        """This layer captured in CUDA graphs, one per token count (see :mod:`moe_core.graphs`);
+        :class:`~moe_core.errors.GraphError` unless its plan is graph-safe and on CUDA."""
+        from .graphs import GraphedLayer
+
+        return GraphedLayer(self, token_counts, copy_out=copy_out)
+
     def run_standard(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
         """The runner on checked standard inputs (a dispatcher's rows may exceed max_tokens)."""
         return self._verify(Layout.STANDARD, self.runner(x, topk_weights, topk_ids), x.shape, x.device)

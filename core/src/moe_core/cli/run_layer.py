@@ -146,6 +146,10 @@ def _run(o: dict) -> dict:
     need, have = check_memory(cfg.name, spec, tokens, dev)
     host = default_host()
     plan = host.resolve(spec, force=o["force"], disable=o["disable"])
+    if o["cuda_graph"]:  # before minutes of weights, not after
+        from ..graphs import require_capturable
+
+        require_capturable(plan, dev)
     with stage(f"random weights for {spec.local_experts} experts ({spec.quant.value}), and a "
                "pristine copy for the checks", quiet):
         weights = random_weights(spec, seed=o["seed"])
@@ -157,11 +161,14 @@ def _run(o: dict) -> dict:
         load_s = time.perf_counter() - t0
     x, tw, ti = random_inputs(spec, tokens, router=router_for(cfg, spec))
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    if o["cuda_graph"]:
+        with stage(f"capture a CUDA graph for {tokens} tokens", quiet):
+            layer = layer.graphed([tokens])
     with stage(f"run {tokens} tokens: warm-up and {o['iters']} timed", quiet):
         out = layer(x, tw, ti)  # warm-up (JIT compiles happen here)
         ms = _median_ms(lambda: layer(x, tw, ti), o["iters"], sync)
     result = {"model": cfg.name, "spec": spec.to_dict(), "backend": str(plan.backend), "reason": plan.reason,
-              "tokens": tokens, "load_s": load_s, "median_ms": ms,
+              "tokens": tokens, "load_s": load_s, "median_ms": ms, "cuda_graph": o["cuda_graph"],
               "memory_planned_bytes": need, "memory_available_bytes": have, "notes": list(cfg.notes)}
     if plan.plugin != "reference":
         with stage("the reference backend on the same inputs", quiet):
@@ -183,8 +190,11 @@ def _run(o: dict) -> dict:
 @click.option("--iters", default=3, show_default=True, type=positive,
               help="Timed runs (median reported).")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--cuda-graph", is_flag=True,
+              help="Capture the loaded layer in a CUDA graph and time its replays (the backend "
+                   "must declare graph_safe; moe explain shows it).")
 @click.option("--json", "as_json", is_flag=True)
-def run(iters, seed, as_json, **o):
+def run(iters, seed, cuda_graph, as_json, **o):
     """Run one layer of a model on random weights through the resolved backend.
 
     Weights are random in the canonical layout and quantized as the spec says. The output
@@ -194,7 +204,7 @@ def run(iters, seed, as_json, **o):
     non-finite or all zeros, 2 on bad input.
     """
     check_backends(o["force"], o["disable"])
-    r = _run({**o, "iters": iters, "seed": seed, "as_json": as_json})
+    r = _run({**o, "iters": iters, "seed": seed, "as_json": as_json, "cuda_graph": cuda_graph})
     if as_json:
         click.echo(json.dumps(r, indent=2))
     else:
@@ -208,7 +218,8 @@ def run(iters, seed, as_json, **o):
         console.print(f"memory    planned {_gib(r['memory_planned_bytes'])} of "
                       f"{_gib(r['memory_available_bytes'])} available", highlight=False)
         console.print(f"load      {r['load_s'] * 1e3:.1f} ms (process weights + build runner)")
-        console.print(f"run       {r['median_ms']:.2f} ms median of {iters} for {r['tokens']} tokens "
+        console.print(f"run       {r['median_ms']:.2f} ms median of {iters} for {r['tokens']} tokens"
+                      f"{' (CUDA graph replays)' if r['cuda_graph'] else ''} "
                       f"({r['tokens'] / r['median_ms'] * 1e3:.0f} tokens/s)")
         if "error_vs_reference" in r:
             console.print(f"error     {r['error_vs_reference']:.2e} relative vs the reference backend")

@@ -60,7 +60,8 @@ class WallClock:
         fit = int(self.budget_s / 4 / estimate_s) if estimate_s > 0 else self.warmup
         return min(self.warmup, max(1, fit))
 
-    def measure(self, fn, estimate_s: float = 0.0) -> Timing:
+    def measure(self, fn, estimate_s: float = 0.0, *, capturable: bool = True) -> Timing:
+        """Median of the calls (``capturable`` matters only to a timer that captures)."""
         for _ in range(self.warmups(estimate_s)):
             fn()
         samples = [self.elapsed(fn) * 1e3 for _ in range(self.count(estimate_s))]
@@ -82,27 +83,18 @@ class CudaTimer(WallClock):
 
         torch.cuda.synchronize()
 
-    def _graph(self, fn, warmups: int):
+    def measure(self, fn, estimate_s: float = 0.0, *, capturable: bool = True) -> Timing:
+        """``capturable``: the call may be captured (its plan is graph-safe); eager otherwise,
+        as the layer would run."""
         import torch
 
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(warmups):
-                fn()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            fn()
-        return graph.replay
+        from ..graphs import capture
 
-    def measure(self, fn, estimate_s: float = 0.0) -> Timing:
-        import torch
-
-        run, name, note = fn, self.name, "graphs off"
-        if self.graphs:
+        run, name = fn, self.name
+        note = "eager: the runner does not declare graph_safe" if not capturable else "graphs off"
+        if self.graphs and capturable:
             try:
-                run, name, note = self._graph(fn, self.warmups(estimate_s)), "cuda_graph", ""
+                run, name, note = capture(fn, warmups=self.warmups(estimate_s)).replay, "cuda_graph", ""
             except Exception as e:  # not graph-safe: time it eagerly
                 self.sync()
                 note = f"not captured ({type(e).__name__}: {str(e)[:120]})"

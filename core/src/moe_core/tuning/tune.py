@@ -10,6 +10,7 @@ from typing import Any, Callable, Iterable
 
 from ..plan import Selection
 from ..spec import A2A, MoESpec
+from ..tokens import Layout
 from .cache import Objective, TuningCache, TuningError, environment_body, fingerprint, spec_key
 from .timing import CudaTimer, WallClock, workload
 
@@ -157,7 +158,9 @@ def _time_one(host, plan, weights, tokens: int, timer: WallClock, seed: int) -> 
         layer = box[0]
         fn = workload(layer, tokens, seed=seed)
         m.first_call_s = timer.elapsed(fn)
-        t = timer.measure(fn, estimate_s=timer.elapsed(fn))
+        # Captured only where the layer itself may be (graph-safe, standard layout).
+        t = timer.measure(fn, estimate_s=timer.elapsed(fn),
+                          capturable=plan.graph_safe and d.layout is Layout.STANDARD)
         m.ms, m.samples, m.timer = t.ms, t.samples, t.timer
         m.note = "; ".join(n for n in (m.note, t.graph_note) if n)
     except Exception as e:  # recorded: resolution ranks a runner that failed here last

@@ -1,0 +1,120 @@
+"""CUDA graphs of a loaded layer: its standard-layout call captured once per token count
+and replayed on new inputs, so a decode step pays one graph launch instead of a launch
+(and Python) per kernel.
+
+Only a plan whose runner declares ``graph_safe`` (no host synchronisation, no tensor
+sized from data) is captured; anything else is a :class:`GraphError`, never a graph that
+replays stale shapes. A call with fewer tokens than a captured count runs that count's
+graph with padding tokens (zero hidden state, weight 0, routed to this rank's first
+expert), so the padding adds nothing to the tokens that are returned.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Callable, Iterable
+
+import torch
+
+from .errors import GraphError, InputError
+from .layer import MoELayer
+
+
+def capture(fn: Callable[[], object], *, warmups: int = 2, pool=None) -> torch.cuda.CUDAGraph:
+    """``fn`` warmed up on a side stream (lazy inits and compiles stay out of the graph),
+    then captured; replay with ``graph.replay()``. Raises what capture raises."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(warmups):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool):
+        fn()
+    return graph
+
+
+def require_capturable(plan, device) -> None:
+    """:class:`GraphError` unless ``plan``'s layer may be captured on ``device``."""
+    if not plan.graph_safe:
+        raise GraphError(f"{plan.backend} does not declare graph_safe (its call may synchronise "
+                         "with the host or size tensors from data): run the layer eagerly")
+    if torch.device(device).type != "cuda":
+        raise GraphError(f"CUDA graphs need a CUDA device; the layer runs on {device}")
+
+
+def token_buckets(counts: Iterable[int], max_tokens: int) -> tuple[int, ...]:
+    """Sorted distinct token counts to capture; each in ``[1, max_tokens]``."""
+    out = sorted(set(counts))
+    bad = [c for c in out if not isinstance(c, int) or isinstance(c, bool) or not 1 <= c <= max_tokens]
+    if not out or bad:
+        raise GraphError(f"token counts {bad or '(none)'}: expected integers in [1, {max_tokens}] "
+                         "(the plan's max_tokens)")
+    return tuple(out)
+
+
+class _Captured:
+    """One token count's static inputs, output and graph."""
+
+    def __init__(self, layer: MoELayer, tokens: int, pool) -> None:
+        spec, dev = layer.plan.spec, layer.weights.device
+        self.tokens = tokens
+        self.pad_expert = spec.first_expert
+        self.x = torch.zeros(tokens, spec.hidden_size, dtype=layer.dtype, device=dev)
+        self.weights = torch.zeros(tokens, spec.top_k, dtype=torch.float32, device=dev)
+        self.ids = torch.full((tokens, spec.top_k), self.pad_expert, dtype=torch.int64, device=dev)
+        self.out: torch.Tensor | None = None
+
+        def call() -> None:
+            self.out = layer.runner(self.x, self.weights, self.ids)
+
+        self.graph = capture(call, pool=pool)
+
+    def run(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        self.x[:n].copy_(x)
+        self.weights[:n].copy_(topk_weights)
+        self.ids[:n].copy_(topk_ids)
+        if n < self.tokens:  # a bigger earlier call left its tokens here: pad again
+            self.x[n:].zero_()
+            self.weights[n:].zero_()
+            self.ids[n:].fill_(self.pad_expert)
+        self.graph.replay()
+        return self.out[:n]
+
+
+class GraphedLayer:
+    """``layer`` captured for each of ``token_counts``; called like the layer.
+
+    :param copy_out: return a copy of the output (default). ``False`` returns a view of the
+        graph's static output, which the next call with the same count overwrites.
+    """
+
+    def __init__(self, layer: MoELayer, token_counts: Iterable[int], *, copy_out: bool = True) -> None:
+        plan = layer.plan
+        require_capturable(plan, layer.weights.device)
+        self.layer = layer
+        self.copy_out = copy_out
+        self.token_counts = token_buckets(token_counts, plan.spec.max_tokens)
+        pool = torch.cuda.graph_pool_handle()
+        # Largest first: the smaller graphs reuse its memory from the shared pool.
+        graphs = {t: _Captured(layer, t, pool) for t in reversed(self.token_counts)}
+        self._graphs = [graphs[t] for t in self.token_counts]
+
+    def __repr__(self) -> str:
+        return f"GraphedLayer({self.layer!r}, token_counts={list(self.token_counts)})"
+
+    def __call__(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+        """Standard layout, as :meth:`MoELayer.__call__`; the smallest captured count that
+        holds ``x``'s tokens is replayed."""
+        self.layer.check_standard(x, topk_weights, topk_ids)
+        n = x.shape[0]
+        if n == 0:
+            return x.new_zeros(0, x.shape[1])
+        i = bisect_left(self.token_counts, n)
+        if i == len(self.token_counts):
+            raise InputError(f"x has {n} tokens; the layer was captured for at most "
+                             f"{self.token_counts[-1]} (token counts {list(self.token_counts)})")
+        out = self._graphs[i].run(x, topk_weights, topk_ids)
+        return out.clone() if self.copy_out else out
