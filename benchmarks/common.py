@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import asdict, dataclass
-from typing import Callable
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable
 
 import torch
 
@@ -31,9 +31,12 @@ class Timed:
     timer: str  # "cuda_graph", "cuda_events" or "wall_clock"
     first_s: float  # the first call, in seconds (JIT compiles land here)
     l2_flushed: bool = False
+    #: What the last timed call returned (a replay's static output when graphed), so a
+    #: caller checks the numbers of what was timed.
+    output: Any = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "output"}
 
 
 def _flush_l2() -> None:
@@ -48,19 +51,6 @@ def _samples_for(estimate_s: float, budget_s: float) -> int:
     return max(MIN_SAMPLES, min(MAX_SAMPLES, fit))
 
 
-def _capture(fn: Callable[[], object]) -> torch.cuda.CUDAGraph:
-    """A CUDA graph of one call of ``fn`` (warmed up on a side stream, as capture needs)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return graph
-
-
 def _why(e: BaseException) -> str:
     text = " ".join(str(e).split())
     return f"{type(e).__name__}: {text[:300]}"
@@ -71,23 +61,31 @@ def time_call(fn: Callable[[], object], *, graph: bool = True, budget_s: float =
     """Median time of ``fn()`` (no arguments; its inputs are bound in).
 
     On CUDA: the first call is timed apart (compiles), then ``fn`` is captured in a CUDA
-    graph and each sample is CUDA events around one replay, after writing
+    graph (``moe_core.graphs.capture``; the inputs are the ones bound in, so the graph is
+    valid for them) and each sample is CUDA events around one replay, after writing
     :data:`L2_FLUSH_BYTES` so weights are read from HBM. Where capture fails (a host
     sync, a shape that depends on data, ...) each sample is an eager call instead and the
     capture error is recorded in the result, never dropped. On the CPU: a wall clock.
     """
     if not torch.cuda.is_available():
         return _time_cpu(fn, budget_s)
+    from moe_core.graphs import capture
+
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     fn()
     torch.cuda.synchronize()
     first = time.perf_counter() - t0
-    run, graphed, error = fn, False, None
+    last: list = [None]
+
+    def keep() -> None:
+        last[0] = fn()
+
+    run, graphed, error = keep, False, None
     captured = None
     if graph:
         try:
-            captured = _capture(fn)
+            captured = capture(keep)
             run, graphed = captured.replay, True
         except Exception as e:  # noqa: BLE001 - not capturable: timed eagerly, the reason kept
             error = _why(e)
@@ -112,20 +110,20 @@ def time_call(fn: Callable[[], object], *, graph: bool = True, budget_s: float =
         e.record()
     torch.cuda.synchronize()
     ms = statistics.median(s.elapsed_time(e) for s, e in pairs)
-    del captured
-    return Timed(ms, n, graphed, error, "cuda_graph" if graphed else "cuda_events", first, flush_l2)
+    return Timed(ms, n, graphed, error, "cuda_graph" if graphed else "cuda_events", first, flush_l2,
+                 output=last[0])
 
 
 def _time_cpu(fn: Callable[[], object], budget_s: float) -> Timed:
     t0 = time.perf_counter()
     fn()
     first = time.perf_counter() - t0
-    samples = []
+    samples, out = [], None
     for _ in range(_samples_for(first, budget_s)):
         t0 = time.perf_counter()
-        fn()
+        out = fn()
         samples.append((time.perf_counter() - t0) * 1e3)
-    return Timed(statistics.median(samples), len(samples), False, None, "wall_clock", first)
+    return Timed(statistics.median(samples), len(samples), False, None, "wall_clock", first, output=out)
 
 
 def timed(fn, iters=20):

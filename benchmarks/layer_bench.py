@@ -207,6 +207,8 @@ class Call:
     note: str | None = None
     #: Time it as it is (it replays its own graphs) rather than capturing it.
     own_graph: bool = False
+    #: Why it is timed eagerly without trying a capture (None: try one).
+    no_capture: str | None = None
 
 
 @dataclass
@@ -223,16 +225,16 @@ class Contender:
 
 # -- moe-core rows --------------------------------------------------------------------------
 def layer_call(layer, x, tw, ti) -> Call:
-    """The standard call of a loaded layer.
+    """The standard call of a loaded layer as an engine runs it: ``MoELayer.graphed()``
+    (captured for this token count, replayed on copies of the inputs) where the plan is
+    graph-safe, else eager with moe-core's reason (no generic capture of a moe-core layer)."""
+    from moe_core.errors import GraphError
 
-    HOOK: a layer that offers ``graphed()`` (being added to MoELayer) returns a call that
-    captures and replays its own CUDA graphs; it is timed as it is. Without it the generic
-    capture in ``time_call`` is tried, and the row records whether it held."""
-    graphed = getattr(layer, "graphed", None)
-    if callable(graphed):
-        g = graphed()
-        return Call(lambda: g(x, tw, ti), note="layer.graphed()", own_graph=True)
-    return Call(lambda: layer(x, tw, ti))
+    try:
+        g = layer.graphed([x.shape[0]], copy_out=False)
+    except GraphError as e:
+        return Call(lambda: layer(x, tw, ti), no_capture=str(e))
+    return Call(lambda: g(x, tw, ti), note="MoELayer.graphed()", own_graph=True)
 
 
 def layout_call(layer, layout: Layout, x, tw, ti) -> Call:
@@ -421,9 +423,8 @@ def measure_row(c: Contender, row: Row, x, tw, ti, flops: int, want, ceil, budge
 
     try:
         call = c.make(x, tw, ti)
-        t = time_call(call.fn, graph=not call.own_graph, budget_s=budget_s)
-        out = call.fn()
-        got = call.to_tokens(out)[:want.shape[0]]
+        t = time_call(call.fn, graph=not (call.own_graph or call.no_capture), budget_s=budget_s)
+        got = call.to_tokens(t.output)[:want.shape[0]]  # the numbers of what was timed
     except Exception as e:  # noqa: BLE001 - the row says why it did not run
         row.reason = _why(e)
         if torch.cuda.is_available():
@@ -431,7 +432,7 @@ def measure_row(c: Contender, row: Row, x, tw, ti, flops: int, want, ceil, budge
             torch.cuda.empty_cache()
         return
     row.ms, row.graphed, row.capture_error, row.timer, row.first_s = (
-        t.ms, t.graphed or call.own_graph, t.capture_error, t.timer, t.first_s)
+        t.ms, t.graphed or call.own_graph, t.capture_error or call.no_capture, t.timer, t.first_s)
     row.note = "; ".join(n for n in (row.note, call.note) if n) or None
     row.rel_err = relative_error(got, want)
     fill_rates(row, flops, ceil)
