@@ -164,17 +164,17 @@ def test_vllm_kernel_in_the_triton_interpreter_matches_float64():
     ("Qwen/Qwen3-30B-A3B", "bf16", 1, None), ("Qwen/Qwen3-30B-A3B", "fp8_block128", 1, None),
     ("deepseek-ai/DeepSeek-V3", "fp8_block128", 1, 32), ("openai/gpt-oss-20b", "bf16", 1, None),
     ("nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16", "bf16", 8, None)])
-@pytest.mark.parametrize("tokens", [1, 64, 2048])
-def test_gpu_vllm_kernel_matches_float64(model, quant, tp, experts, tokens):
-    spec = spec_for_model(model, quant=quant, tp=tp, experts=experts, arch="auto", max_tokens=tokens)
+def test_gpu_vllm_kernel_matches_float64(model, quant, tp, experts):
+    spec = spec_for_model(model, quant=quant, tp=tp, experts=experts, arch="auto", max_tokens=2048)
     weights = random_weights(spec)
-    x, tw, ti = random_inputs(spec, tokens)
     layer = vt.VllmTritonMoE(spec, weights, VLLM)
-    out = layer(x, tw, ti)
-    n = min(tokens, 64)
-    err = relative_error(out[:n], float64_layer(spec, weights, x[:n], tw[:n], ti[:n]))
-    assert err <= tolerance(spec.quant), (layer.describe(tokens), err)
-    assert bool(torch.isfinite(out).all())
+    for tokens in (1, 64, 2048):  # vLLM's sparse path, then tuned or default tiles
+        x, tw, ti = random_inputs(spec, tokens)
+        out = layer(x, tw, ti)
+        n = min(tokens, 64)
+        err = relative_error(out[:n], float64_layer(spec, weights, x[:n], tw[:n], ti[:n]))
+        assert err <= tolerance(spec.quant), (tokens, layer.describe(tokens), err)
+        assert bool(torch.isfinite(out).all())
 
 
 @pytest.mark.parametrize("model, tp", [("Qwen/Qwen3-30B-A3B", 1), ("openai/gpt-oss-20b", 1),
