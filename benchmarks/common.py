@@ -1,17 +1,134 @@
-"""What the GPU benchmarks share: the H100's measured peaks and one timing loop."""
+"""What the GPU benchmarks share: timing loops. The ceilings they divide by are measured in
+the same run (:mod:`ceilings`), never assumed."""
 
 from __future__ import annotations
 
+import statistics
 import time
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable
 
 import torch
 
-#: bf16 dense: torch._grouped_mm on large uniform groups (shared/GPU.md); HBM3 spec peak.
-PEAK_TFLOPS, PEAK_GBS = 790.0, 3350.0
+#: Bytes written before each timed GPU sample so no call finds the last one's data in L2
+#: (the H200 has 50 MB of L2; a decode layer's weights can be smaller than that).
+L2_FLUSH_BYTES = 256 * 2**20
+#: Timed samples at least and at most, whatever the time budget.
+MIN_SAMPLES, MAX_SAMPLES = 5, 50
+_flush_buffer: torch.Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Timed:
+    """One callable's time."""
+
+    ms: float  # median per call
+    samples: int
+    #: The samples replayed a CUDA graph of the call (False: eager calls).
+    graphed: bool
+    #: Why the call was not captured (None: it was, or capture was not tried).
+    capture_error: str | None
+    timer: str  # "cuda_graph", "cuda_events" or "wall_clock"
+    first_s: float  # the first call, in seconds (JIT compiles land here)
+    l2_flushed: bool = False
+    #: What the last timed call returned (a replay's static output when graphed), so a
+    #: caller checks the numbers of what was timed.
+    output: Any = field(default=None, repr=False, compare=False)
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "output"}
+
+
+def _flush_l2() -> None:
+    global _flush_buffer
+    if _flush_buffer is None:
+        _flush_buffer = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
+    _flush_buffer.zero_()
+
+
+def _samples_for(estimate_s: float, budget_s: float) -> int:
+    fit = int(budget_s / estimate_s) if estimate_s > 0 else MAX_SAMPLES
+    return max(MIN_SAMPLES, min(MAX_SAMPLES, fit))
+
+
+def _why(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:300]}"
+
+
+def time_call(fn: Callable[[], object], *, graph: bool = True, budget_s: float = 1.0,
+              flush_l2: bool = True) -> Timed:
+    """Median time of ``fn()`` (no arguments; its inputs are bound in).
+
+    On CUDA: the first call is timed apart (compiles), then ``fn`` is captured in a CUDA
+    graph (``moe_core.graphs.capture``; the inputs are the ones bound in, so the graph is
+    valid for them) and each sample is CUDA events around one replay, after writing
+    :data:`L2_FLUSH_BYTES` so weights are read from HBM. Where capture fails (a host
+    sync, a shape that depends on data, ...) each sample is an eager call instead and the
+    capture error is recorded in the result, never dropped. On the CPU: a wall clock.
+    """
+    if not torch.cuda.is_available():
+        return _time_cpu(fn, budget_s)
+    from moe_core.graphs import capture
+
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    first = time.perf_counter() - t0
+    last: list = [None]
+
+    def keep() -> None:
+        last[0] = fn()
+
+    run, graphed, error = keep, False, None
+    captured = None
+    if graph:
+        try:
+            captured = capture(keep)
+            run, graphed = captured.replay, True
+        except Exception as e:  # noqa: BLE001 - not capturable: timed eagerly, the reason kept
+            error = _why(e)
+            captured = None
+            try:
+                torch.cuda.synchronize()
+            except Exception as sync_error:  # noqa: BLE001 - a capture can leave an error behind
+                error += f" (then on synchronize: {_why(sync_error)})"
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    run()  # one untimed run (a replay's first upload) and an estimate for the sample count
+    start.record()
+    run()
+    end.record()
+    torch.cuda.synchronize()
+    n = _samples_for(start.elapsed_time(end) / 1e3, budget_s)
+    pairs = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
+    for s, e in pairs:
+        if flush_l2:
+            _flush_l2()
+        s.record()
+        run()
+        e.record()
+    torch.cuda.synchronize()
+    ms = statistics.median(s.elapsed_time(e) for s, e in pairs)
+    return Timed(ms, n, graphed, error, "cuda_graph" if graphed else "cuda_events", first, flush_l2,
+                 output=last[0])
+
+
+def _time_cpu(fn: Callable[[], object], budget_s: float) -> Timed:
+    t0 = time.perf_counter()
+    fn()
+    first = time.perf_counter() - t0
+    samples, out = [], None
+    for _ in range(_samples_for(first, budget_s)):
+        t0 = time.perf_counter()
+        out = fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return Timed(statistics.median(samples), len(samples), False, None, "wall_clock", first, output=out)
 
 
 def timed(fn, iters=20):
-    """``(ms per call, first call s)``: the first call includes any JIT compile."""
+    """``(ms per call, first call s)``: the first call includes any JIT compile. Eager calls
+    back to back between two CUDA events (:func:`time_call` graphs and flushes L2)."""
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     fn()

@@ -7,15 +7,24 @@ rank). Prefill: the contiguous layout with 4k-16k routed rows. For each: the who
 includes DeepGEMM's JIT compile, a load-time cost users pay once per shape).
 
     python benchmarks/deepgemm_bench.py       # needs a GPU and deep_gemm (scripts/gpu_session.sh)
+
+Fractions are of the ceilings measured at the start of the same run (benchmarks/ceilings.py):
+TFLOP/s against the matmul rate of the layer's dtype, weight GB/s against the HBM copy rate.
+``--out`` writes the rows and the ceilings as JSON.
 """
 
 from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
-from common import PEAK_GBS, PEAK_TFLOPS, timed
+import ceilings as measured
+from common import timed
 
 import moe_plugin_deepgemm as plugin
 from moe_core import Host, MoESpec
@@ -28,12 +37,18 @@ PREFILL_ROWS = (4096, 8192, 16384)
 
 
 def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=None, help="JSON of every row and the measured ceilings")
+    args = ap.parse_args()
+    ceil = measured.measure()
+    print(measured.describe(ceil))
     reg = Registry.builtin()
     reg.register(plugin, "deepgemm")
     host = Host(reg)
     table = Table(title=f"DeepGEMM plugin vs torch._grouped_mm, {torch.cuda.get_device_name()}, "
                         f"E={E} local experts, H={H}, I={I}")
-    for col in ("regime", "rows", "backend", "ms", "TFLOP/s", "% peak", "weight GB/s", "% HBM", "first call s"):
+    for col in ("regime", "rows", "backend", "ms", "TFLOP/s", "% matmul", "weight GB/s", "% HBM copy",
+                "first call s"):
         table.add_column(col, justify="right")
     layers = {}
     for quant in ("bf16", "fp8_block128"):
@@ -52,6 +67,7 @@ def main() -> None:
                 layers[(backend, regime)] = (host.load(plan, weights, check_values=False), s)
     wbytes = {q: weight_bytes(MoESpec(num_experts=E, top_k=8, hidden_size=H, intermediate_size=I, quant=q))
               for q in ("bf16", "fp8_block128")}
+    out_rows = []
     for (backend, regime), (layer, spec) in layers.items():
         sizes = DECODE_M if regime == "decode" else PREFILL_ROWS
         for size in sizes:
@@ -70,9 +86,17 @@ def main() -> None:
             flops = 2 * rows * H * 3 * I
             gbs = wbytes[spec.quant.value] / ms / 1e6
             tflops = flops / ms / 1e9
+            pct_mm = measured.fraction(tflops, ceil.matmul_tflops(spec.quant))
+            pct_hbm = measured.fraction(gbs / 1e3, ceil.hbm_copy_tbps)
             table.add_row(regime, str(rows), f"{backend} ({spec.quant.value})", f"{ms:.3f}", f"{tflops:.0f}",
-                          f"{tflops / PEAK_TFLOPS:.0%}", f"{gbs:.0f}", f"{gbs / PEAK_GBS:.0%}", f"{first:.2f}")
+                          f"{pct_mm:.0%}" if pct_mm is not None else "-", f"{gbs:.0f}",
+                          f"{pct_hbm:.0%}" if pct_hbm is not None else "-", f"{first:.2f}")
+            out_rows.append(dict(regime=regime, rows=rows, backend=backend, quant=spec.quant.value, ms=ms,
+                                 tflops=tflops, pct_matmul=pct_mm, weight_gbs=gbs, pct_hbm_copy=pct_hbm,
+                                 first_s=first))
     Console(width=170).print(table)
+    if args.out:
+        Path(args.out).write_text(json.dumps(dict(ceilings=ceil.to_dict(), rows=out_rows), indent=1))
 
 
 if __name__ == "__main__":

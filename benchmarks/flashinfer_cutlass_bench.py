@@ -16,15 +16,24 @@ Nemotron-3-Nano (I=1856, TP 8 -> 232, relu2) and a synthetic 7688 at TP 8 (961,
 SiLU-gated).
 
     python benchmarks/flashinfer_cutlass_bench.py   # needs a GPU and flashinfer (scripts/gpu_session.sh)
+
+Fractions are of the ceilings measured at the start of the same run (benchmarks/ceilings.py):
+TFLOP/s against the matmul rate of the layer's dtype, weight GB/s against the HBM copy rate.
+``--out`` writes the rows and the ceilings as JSON.
 """
 
 from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
-from common import PEAK_GBS, PEAK_TFLOPS, timed
+import ceilings as measured
+from common import timed
 
 from moe_core import Host, MoESpec, spec_for_model
 from moe_core.errors import ResolutionError
@@ -45,6 +54,11 @@ def balanced(tokens: int, spec: MoESpec):
     return x, w, ids
 
 
+#: Set by main(): the ceilings measured in this run, and every row for --out.
+CEILINGS: measured.Ceilings | None = None
+ROWS: list[dict] = []
+
+
 def _row(table, label, spec, layer, tokens, backend, wbytes, contiguous=False):
     rows = tokens * spec.top_k
     if contiguous:  # rows grouped per expert, as a dispatcher hands them over
@@ -57,15 +71,21 @@ def _row(table, label, spec, layer, tokens, backend, wbytes, contiguous=False):
     flops = 2 * rows * spec.hidden_size * (spec.w13_rows + spec.intermediate_per_partition)
     tflops = flops / ms / 1e9
     gbs = wbytes / ms / 1e6
-    table.add_row(label, str(tokens), str(rows), backend, f"{ms:.3f}", f"{tflops:.0f}",
-                  f"{tflops / PEAK_TFLOPS:.0%}", f"{gbs:.0f}", f"{gbs / PEAK_GBS:.0%}", f"{first:.2f}")
+    pct_mm = measured.fraction(tflops, CEILINGS.matmul_tflops(spec.quant))
+    pct_hbm = measured.fraction(gbs / 1e3, CEILINGS.hbm_copy_tbps)
+    table.add_row(label, str(tokens), str(rows), str(backend), f"{ms:.3f}", f"{tflops:.0f}",
+                  f"{pct_mm:.0%}" if pct_mm is not None else "-", f"{gbs:.0f}",
+                  f"{pct_hbm:.0%}" if pct_hbm is not None else "-", f"{first:.2f}")
+    ROWS.append(dict(case=label, tokens=tokens, rows=rows, backend=str(backend), quant=spec.quant.value,
+                     ms=ms, tflops=tflops, pct_matmul=pct_mm, weight_gbs=gbs, pct_hbm_copy=pct_hbm,
+                     first_s=first))
     return ms
 
 
 def _table(title: str) -> Table:
     table = Table(title=title)
-    for col in ("case", "tokens", "rows", "backend", "ms", "TFLOP/s", "% bf16 peak", "weight GB/s",
-                "% HBM", "first call s"):
+    for col in ("case", "tokens", "rows", "backend", "ms", "TFLOP/s", "% matmul", "weight GB/s",
+                "% HBM copy", "first call s"):
         table.add_column(col, justify="right")
     return table
 
@@ -136,10 +156,18 @@ def s2(host: Host, console: Console) -> None:
 
 
 def main() -> None:
+    global CEILINGS
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=None, help="JSON of every row and the measured ceilings")
+    args = ap.parse_args()
+    CEILINGS = measured.measure()
     host = Host()
     console = Console(width=180)
+    console.print(measured.describe(CEILINGS))
     side_by_side(host, console)
     s2(host, console)
+    if args.out:
+        Path(args.out).write_text(json.dumps(dict(ceilings=CEILINGS.to_dict(), rows=ROWS), indent=1))
 
 
 if __name__ == "__main__":
