@@ -35,7 +35,7 @@ pipeline() {
     step plugins python3 -m moe_core.cli plugins
     step gpu_tests python3 -m pytest -m gpu tests plugins -v -s -rs -p no:cacheprovider --moe-conformance=
     step kit python3 -m pytest -p no:cacheprovider -q -rs \
-        --moe-conformance=reference,deepgemm,flashinfer_cutlass -k "sm90" \
+        --moe-conformance=reference,deepgemm,flashinfer_cutlass,triton -k "sm90" \
         "$(python3 -c 'import moe_core.conformance.pytest_plugin as p; print(p.KIT)')"
     IFS=';' read -ra benches <<< "${BENCH:-}"
     for bench in "${benches[@]}"; do

@@ -11,6 +11,7 @@ import sys
 from click.testing import CliRunner
 
 from moe_core.cli import main
+from test_cli import NO_GPU_LIBRARY_PLAN
 from test_cli_run_checks import TINY
 
 ASSUME = ["--assume-installed", "deep_gemm,flashinfer,deep_ep"]
@@ -24,7 +25,7 @@ def _json(*args):
 
 def test_readme_explain_examples_show_the_gpu_backends_on_a_cpu_machine():
     qwen = ["explain", "-m", "Qwen/Qwen3-30B-A3B-FP8", "--tp", "8", "--arch", "sm90"]
-    assert _json(*qwen)["chosen"] == {"plugin": "reference", "variant": "loop"}
+    assert _json(*qwen)["chosen"] == NO_GPU_LIBRARY_PLAN
     assert _json(*qwen, *ASSUME)["chosen"] == {"plugin": "flashinfer_cutlass", "variant": "fp8_block128"}
     d = _json("explain", "-m", "deepseek-ai/DeepSeek-V3", "--tp", "8", "--ep", "8", "--a2a", "deepep_ll",
               "--arch", "sm90", "--tokens", "128", *ASSUME)

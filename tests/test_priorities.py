@@ -20,7 +20,7 @@ EXAMPLE = ROOT / "examples" / "moe-plugin-example" / "src"
 #: (kind, band) -> the plugins whose runner (or dispatcher) variants belong in it.
 BANDS = {("runners", (0, 1)): {"reference"},
          ("runners", (2, 19)): {"example", "template"},
-         ("runners", (20, 39)): {"deepgemm", "flashinfer_cutlass", "flashinfer_cutedsl"},
+         ("runners", (20, 39)): {"deepgemm", "flashinfer_cutlass", "flashinfer_cutedsl", "triton"},
          ("dispatchers", None): {"torch", "deepep"}}
 
 

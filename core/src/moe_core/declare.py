@@ -64,7 +64,7 @@ class Variant:
     * runners 0-1: the reference backend (``reference:loop`` 0, ``reference:grouped_mm`` 1);
     * runners 2-19: portable runners that beat the reference and yield to tuned kernels
       (``example:chunked`` 5, the ``moe new-plugin`` template 5);
-    * runners 20-39: kernels tuned for a GPU (in-repo: ``flashinfer_cutedsl`` 25,
+    * runners 20-39: kernels tuned for a GPU (in-repo: ``triton`` 22, ``flashinfer_cutedsl`` 25,
       ``deepgemm`` 30-31, ``flashinfer_cutlass`` 31);
     * runners 40 and up: a kernel meant to win over every in-repo one where both say yes;
     * dispatchers: ``torch:all_to_all`` 10 (serves every mode: the fallback), ``deepep`` 20.

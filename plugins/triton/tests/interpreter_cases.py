@@ -1,0 +1,139 @@
+"""The plugin's kernels in Triton's CPU interpreter on tiny shapes, against a float64
+computation; run by test_triton_interpreter.py in its own process (``TRITON_INTERPRET=1``
+must be set before any kernel is defined, and must not leak into GPU tests of the same run).
+Prints one JSON object: case -> {"error": ..., "tolerance": ...} or {"failed": ...}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+
+os.environ["TRITON_INTERPRET"] = "1"
+
+import torch  # noqa: E402
+import triton.runtime.interpreter as _interpreter  # noqa: E402
+
+from moe_core import Host, MoESpec  # noqa: E402
+from moe_core.kernels.align import align_by_expert  # noqa: E402
+from moe_core.quant import tolerance  # noqa: E402
+from moe_core.reference.oracle import float64_layer, relative_error  # noqa: E402
+from moe_core.runner import contiguous_layout  # noqa: E402
+from moe_core.synthetic import random_inputs, random_weights  # noqa: E402
+
+# Triton 3.6's interpreter converts a loop bound with int(<1-element array>), which numpy
+# 2.4 refuses ("only 0-dimensional arrays"); read the element instead.
+_patch = _interpreter._patch_lang_tensor
+
+
+def _patch_lang_tensor(tensor, scope):
+    _patch(tensor, scope)
+    scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+
+_interpreter._patch_lang_tensor = _patch_lang_tensor
+
+from moe_plugin_triton import kernels  # noqa: E402  (after the variable: kernels run interpreted)
+from moe_plugin_triton.runner import TritonMoeRunner  # noqa: E402
+from moe_plugin_triton.weights import prepare  # noqa: E402
+
+BASE = dict(num_experts=4, top_k=2, hidden_size=64, intermediate_size=48, arch="sm90", max_tokens=16)
+FP8 = dict(quant="fp8_block128", hidden_size=128, intermediate_size=160)  # ragged last group
+CASES = {  # name: (spec fields, tokens)
+    "bf16-silu": (BASE, 5),
+    "bf16-ragged-sizes": ({**BASE, "hidden_size": 40, "intermediate_size": 24}, 6),
+    "bf16-one-token": (BASE, 1),
+    "bf16-zero-tokens": (BASE, 0),
+    "bf16-relu2": ({**BASE, "activation": "relu2"}, 4),
+    "bf16-gelu": ({**BASE, "activation": "gelu_gated"}, 4),
+    "bf16-gpt-oss-clamp-bias": ({**BASE, "activation": "swiglu_limit", "swiglu_limit": 1.0,
+                                 "swiglu_alpha": 1.702, "has_bias": True}, 5),
+    "bf16-ep-slice": ({**BASE, "tp_size": 2, "ep_size": 2, "rank": 1}, 6),
+    "bf16-tp-rank1-bias": ({**BASE, "tp_size": 2, "rank": 1, "has_bias": True,
+                            "activation": "swiglu_limit", "swiglu_limit": 1.0}, 4),
+    "fp8-silu": ({**BASE, **FP8}, 5),
+    "fp8-clamp-ep-slice": ({**BASE, **FP8, "activation": "swiglu_limit", "swiglu_limit": 1.0,
+                            "num_experts": 8, "tp_size": 2, "ep_size": 2, "rank": 0}, 4),
+    "fp8-relu2": ({**BASE, **FP8, "activation": "relu2"}, 3),
+}
+
+
+def _runner(host, spec, weights):
+    plan = host.resolve(spec, force="triton")
+    return TritonMoeRunner(plan, prepare(plan, weights))
+
+
+def standard(host, fields, tokens):
+    spec = MoESpec(**fields)
+    w = random_weights(spec, device="cpu")
+    x, tw, ti = random_inputs(spec, tokens, device="cpu")
+    out = _runner(host, spec, w)(x, tw, ti)
+    assert out.shape == (tokens, spec.hidden_size) and out.dtype == torch.bfloat16, (out.shape, out.dtype)
+    if tokens == 0:
+        return 0.0, tolerance(spec.quant)
+    return relative_error(out, float64_layer(spec, w, x, tw, ti)), tolerance(spec.quant)
+
+
+def empty_experts(host):
+    """Experts 1 and 3 get no token; expert 0 gets a ragged run longer than a block."""
+    spec = MoESpec(**{**BASE, "max_tokens": 32})
+    w = random_weights(spec, device="cpu")
+    x, tw, _ = random_inputs(spec, 20, device="cpu")
+    ids = torch.tensor([[0, 2]] * 19 + [[2, 0]])
+    out = _runner(host, spec, w)(x, tw, ids)
+    return relative_error(out, float64_layer(spec, w, x, tw, ids)), tolerance(spec.quant)
+
+
+def contiguous(host, fields):
+    spec = MoESpec(**fields)
+    w = random_weights(spec, device="cpu")
+    x, _, ti = random_inputs(spec, 7, device="cpu")
+    rows, offsets, _, _ = contiguous_layout(x, ti, spec.first_expert, spec.local_experts)
+    out = _runner(host, spec, w).run_contiguous(rows, offsets)
+    ref = host.load(host.resolve(spec.replace(arch="cpu"), force="reference:loop"), w).run_contiguous(rows, offsets)
+    return relative_error(out, ref), tolerance(spec.quant)
+
+
+def alignment():
+    """Same counts, blocks and per-expert slot sets as moe_core's align_by_expert."""
+    gen = torch.Generator().manual_seed(3)
+    for T, k, first, local, block in ((7, 3, 2, 6, 4), (1, 1, 0, 1, 16), (0, 2, 0, 3, 16), (33, 4, 4, 4, 16)):
+        ids = torch.randint(0, first + local + 3, (T, k), generator=gen)
+        got, want = kernels.align(ids, first, local, block), align_by_expert(ids, first, local, block)
+        for f in ("block_expert", "rows_used", "counts"):
+            assert torch.equal(getattr(got, f), getattr(want, f)), (f, getattr(got, f), getattr(want, f))
+        n = ids.numel()
+        for b, e in enumerate(got.block_expert.tolist()):  # each block holds its expert's slots
+            slots = got.sorted_slots[b * block:(b + 1) * block]
+            slots = slots[slots < n].long()
+            assert (e < 0 and slots.numel() == 0) or bool((ids.reshape(-1)[slots] == first + e).all())
+        g = got.sorted_slots.sort().values
+        assert torch.equal(g, want.sorted_slots.sort().values), "a different set of rows"
+        rows = got.slot_rows
+        local_slots = (rows >= 0).nonzero().squeeze(1)
+        assert torch.equal(got.sorted_slots[rows[local_slots].long()], local_slots.to(torch.int32))
+        assert torch.equal(rows < 0, want.slot_rows < 0)
+    return 0.0, 0.0
+
+
+def main() -> None:
+    host = Host()
+    jobs = {name: (lambda f=f, t=t: standard(host, f, t)) for name, (f, t) in CASES.items()}
+    jobs["bf16-empty-experts"] = lambda: empty_experts(host)
+    jobs["bf16-contiguous-ep"] = lambda: contiguous(host, {**BASE, "tp_size": 2, "ep_size": 2, "rank": 1})
+    jobs["fp8-contiguous"] = lambda: contiguous(host, {**BASE, **FP8})
+    jobs["align-matches-core"] = alignment
+    out = {}
+    for name, job in jobs.items():
+        try:
+            err, tol = job()
+            out[name] = {"error": err, "tolerance": tol}
+        except Exception:  # noqa: BLE001 - reported per case
+            out[name] = {"failed": traceback.format_exc(limit=6)}
+    json.dump(out, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
