@@ -266,7 +266,7 @@ def main() -> None:
         report_results(results, a.plot)
         return
     if a.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("needs a CUDA GPU (run scripts/gpu_transformers.sh on the device machine), "
+        sys.exit("needs a CUDA GPU (run scripts/gpu_session.sh on the device machine), "
                  "or --device cpu for a smoke run")
     sizes = [("decode", int(n)) for n in a.decode.split(",") if n] + [
         ("prefill", int(n)) for n in a.prefill.split(",") if n]

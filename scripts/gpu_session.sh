@@ -1,54 +1,103 @@
 #!/usr/bin/env bash
-# One GPU session on the device machine (repo root; .carry/ carried: our wheels from
-# scripts/build_carry.sh, .carry/deepgemm from scripts/fetch_deepgemm.sh, .carry/fi from
-# scripts/fetch_flashinfer.sh, .carry/tf from scripts/fetch_transformers.sh when present):
-# build DeepGEMM and the FlashInfer CUTLASS kinds, run every GPU test (pytest -m gpu), the
-# conformance kit on the GPU, then each benchmark in $BENCH ("script.py args; script2.py ...",
-# each given --out <its JSON>).
-# The builds outlive one 10-minute command, so the pipeline runs detached and is polled:
+# One GPU session on the device machine (repo root; .carry/ carried, built on a networked
+# machine by scripts/build_carry.sh (our wheels), fetch_deepgemm.sh, fetch_flashinfer.sh,
+# fetch_transformers.sh, fetch_vllm.sh and, for two GPUs, fetch_deepep.sh).
+#   builds      DeepGEMM, the FlashInfer CUTLASS kinds and (two GPUs) DeepEP, side by side
+#   lane A      the Triton tile tuning (its table is used by every later step of the lane),
+#               benchmarks/layer_bench.py on $SHAPES_A, benchmarks/permute_bench.py
+#   lane B      every one-GPU test (pytest -m gpu), the conformance kit on SM90,
+#               layer_bench on $SHAPES_B, benchmarks/transformers_bench.py
+#   ep          (two GPUs) DeepEP's own tests, the EP GPU tests, tests/ep_worker.py over NCCL,
+#               benchmarks/dispatch_bench.py, transformers' EP=2 benchmark
+# With two GPUs lanes A and B run at once, one GPU each; with one they run in turn. Each step
+# has a time limit; nothing later depends on an earlier step passing.
+# The whole outlives one 10-minute device command, so it runs detached and is polled:
 #   bash scripts/gpu_session.sh start 540   # install, launch, poll up to 540 s
 #   bash scripts/gpu_session.sh poll 560    # later calls on the same warm machine
-# Every log lands in /tmp/gs and, on every poll, in $OUT/session.tgz plus $OUT/stages.txt.
+# Every log, JSON and plot lands in /tmp/gs and, on every poll, in $OUT (stages.txt, the
+# JSON and plots, session.tgz with the logs).
 set -uo pipefail
 W=/tmp/gs
 OUT=${OUT:-results/tmp}; mkdir -p "$OUT" "$W"
 REPO=$W/repo  # a copy: each device call re-sends the tree, the detached run must not lose it
+# The machine's rules: no NVLink SHArP / multicast.
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 CUDA_HOME=/usr/local/cuda MAX_JOBS=16 \
        FLASHINFER_WORKSPACE_BASE=/tmp/fiws FLASHINFER_CUDA_ARCH_LIST=9.0a MOE_CORE_CACHE=/tmp/moecache \
-       MOE_HOOK_TIMEOUT=60
+       MOE_HOOK_TIMEOUT=60 DE_LOG=$W/deepep-build.log DG_LOG=$W/deepgemm-build.log
+SHAPES_A=${SHAPES_A:-deepseek-v3-ep8,qwen3-30b-a3b}
+SHAPES_B=${SHAPES_B:-gpt-oss-20b,nemotron-3-nano-tp8}
+TUNE_ARGS=${TUNE_ARGS:-}
+NGPU=$(nvidia-smi -L | wc -l)
 
 stage() { echo "$(date -u +%T) $*" | tee -a "$W/stages.txt"; }
-step() {  # step NAME COMMAND...: run, log to $W/NAME.txt, record the exit status
-    local name=$1; shift
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $W/NAME.txt, record rc
+    local name=$1 limit=$2; shift 2
     stage "$name"
-    "$@" > "$W/$name.txt" 2>&1
+    timeout "$limit" "$@" > "$W/$name.txt" 2>&1
     stage "$name rc=$?"
+}
+
+builds() {
+    [ -d .carry/deepgemm ] && (source scripts/gpu_build_deepgemm.sh >/dev/null) &
+    [ "$NGPU" -ge 2 ] && [ -d .carry/deepep ] && (source scripts/gpu_build_deepep.sh >/dev/null) &
+    (for kind in bf16 fp8_block128; do
+        step "build-$kind" 600 python3 -m moe_plugin_flashinfer_cutlass.build "$kind"; done) &
+    wait
+    # Built (or failed): these only put the built trees on PYTHONPATH now.
+    [ -d .carry/deepgemm ] && { source scripts/gpu_build_deepgemm.sh && stage "deepgemm built" || stage "deepgemm build FAILED"; }
+    [ "$NGPU" -ge 2 ] && [ -d .carry/deepep ] && { source scripts/gpu_build_deepep.sh && stage "deepep built" || stage "deepep build FAILED"; }
+}
+
+lane_a() {
+    step triton_tune 420 python3 benchmarks/triton_moe_tune.py --out "$W/triton" $TUNE_ARGS
+    [ -f "$W/triton/NVIDIA_H200.json" ] && export MOE_TRITON_CONFIGS=$W/triton
+    step layer_bench_a 900 python3 benchmarks/layer_bench.py --shapes "$SHAPES_A" --out "$W/layer_bench_a.json"
+    step permute_bench 300 python3 benchmarks/permute_bench.py --out "$W/permute_bench.json"
+}
+
+lane_b() {
+    step gpu_tests 900 python3 -m pytest -m gpu tests plugins -v -s -rs -p no:cacheprovider \
+        --moe-conformance= --ignore=tests/test_gpu_ep.py --ignore=tests/test_gpu_transformers_ep.py
+    step kit 300 python3 -m pytest -p no:cacheprovider -q -rs \
+        --moe-conformance=reference,deepgemm,flashinfer_cutlass,triton -k "sm90" \
+        "$(python3 -c 'import moe_core.conformance.pytest_plugin as p; print(p.KIT)')"
+    step layer_bench_b 900 python3 benchmarks/layer_bench.py --shapes "$SHAPES_B" --out "$W/layer_bench_b.json"
+    step transformers_1gpu 420 python3 benchmarks/transformers_bench.py --preset qwen3-30b-a3b,deepseek-v3-64e \
+        --out "$W/transformers_1gpu.json" --plot "$W/transformers_1gpu.png"
+}
+
+ep() {
+    if [ -f "${DE_SRC:-/tmp/deepep-src}/.built" ]; then  # DeepEP's own numbers, same machine
+        (cd "${DE_SRC:-/tmp/deepep-src}" &&
+         step deepep_intranode 300 python3 tests/test_intranode.py --num-processes 2 &&
+         step deepep_low_latency 300 python3 tests/test_low_latency.py --num-processes 2 --num-experts 16)
+    fi
+    step ep_tests 900 python3 -m pytest -m gpu tests/test_gpu_ep.py tests/test_gpu_transformers_ep.py \
+        plugins/deepep -v -s -rs -p no:cacheprovider --moe-conformance=
+    step ep_nccl 300 torchrun --nproc_per_node 2 tests/ep_worker.py --backend nccl --out "$W/ep_nccl.json"
+    step dispatch_bench 900 torchrun --nproc_per_node 2 benchmarks/dispatch_bench.py --out "$W/dispatch_bench.json"
+    step transformers_ep2 420 torchrun --nproc_per_node 2 benchmarks/transformers_bench.py --ep 2 \
+        --preset qwen3-30b-a3b --out "$W/transformers_ep2.json" --plot "$W/transformers_ep2.png"
 }
 
 pipeline() {
     cd "$REPO"
-    stage "start $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
-    DG_LOG=$W/deepgemm-build.log source scripts/gpu_build_deepgemm.sh || stage "deepgemm build FAILED"
-    for kind in bf16 fp8_block128; do
-        step "build-$kind" python3 -m moe_plugin_flashinfer_cutlass.build "$kind"
-    done
-    step plugins python3 -m moe_core.cli plugins
-    step gpu_tests python3 -m pytest -m gpu tests plugins -v -s -rs -p no:cacheprovider --moe-conformance=
-    step kit python3 -m pytest -p no:cacheprovider -q -rs \
-        --moe-conformance=reference,deepgemm,flashinfer_cutlass,triton -k "sm90" \
-        "$(python3 -c 'import moe_core.conformance.pytest_plugin as p; print(p.KIT)')"
-    IFS=';' read -ra benches <<< "${BENCH:-}"
-    for bench in "${benches[@]}"; do
-        read -ra argv <<< "$bench"
-        [ ${#argv[@]} -gt 0 ] || continue
-        name=$(basename "${argv[0]}" .py)
-        step "$name" python3 "${argv[@]}" --out "$W/$name.json"
-    done
+    stage "start $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1) x $NGPU"
+    builds
+    step plugins 120 python3 -m moe_core.cli plugins
+    if [ "$NGPU" -ge 2 ]; then
+        (export CUDA_VISIBLE_DEVICES=0; lane_a) & (export CUDA_VISIBLE_DEVICES=1; lane_b) & wait
+        ep
+    else
+        lane_a; lane_b
+    fi
     touch "$W/done"
 }
 
 collect() {
-    cp "$W/stages.txt" "$OUT/" 2>/dev/null
+    cp "$W"/stages.txt "$W"/*.json "$W"/*.png "$OUT/" 2>/dev/null
+    [ -d "$W/triton" ] && cp -r "$W/triton" "$OUT/"
     tar czf "$OUT/session.tgz" -C "$W" --exclude repo . 2>/dev/null
     cat "$W/stages.txt" 2>/dev/null
 }
@@ -57,7 +106,7 @@ poll() {
     local until=$(( $(date +%s) + ${1:-540} ))
     while [ ! -f "$W/done" ] && [ "$(date +%s)" -lt "$until" ]; do sleep 10; done
     collect
-    [ -f "$W/done" ] && tail -n 40 "$W/gpu_tests.txt"
+    [ -f "$W/done" ] && { echo done; tail -n 5 "$W/gpu_tests.txt"; }
 }
 
 case "${1:-start}" in
@@ -68,12 +117,13 @@ case "${1:-start}" in
             python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site \
                 .carry/tf/*.whl || exit 1
         fi
-        rm -rf "$REPO" && mkdir -p "$REPO" && cp -r . "$REPO"
+        rm -rf "$REPO" "$W/done" && mkdir -p "$REPO" && cp -r . "$REPO"
         { date -u; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; nproc;
-          python3 -c "import torch, flashinfer, transformers; print('torch', torch.__version__, 'flashinfer', flashinfer.__version__, 'transformers', transformers.__version__)"; } \
+          python3 -c "import torch, triton, flashinfer, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'nccl', torch.cuda.nccl.version(), 'triton', triton.__version__, 'flashinfer', flashinfer.__version__, 'transformers', transformers.__version__)"; } \
             | tee "$W/env.txt"
         setsid nohup bash "$REPO/scripts/gpu_session.sh" pipeline > "$W/pipeline.log" 2>&1 < /dev/null &
         poll "${2:-540}" ;;
     pipeline) pipeline ;;
     poll) poll "${2:-540}" ;;
+    *) echo "usage: $0 start|poll [SECONDS]"; exit 2 ;;
 esac

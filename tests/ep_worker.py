@@ -1,6 +1,6 @@
 """An expert-parallel layer run on every rank of a process group, checked against the
 single-process reference. Used by the CPU gloo test (tests/test_ep_dispatch.py) and, under
-torchrun with NCCL, on the GPU machine (scripts/gpu_ep.sh):
+torchrun with NCCL, on the GPU machine (scripts/gpu_session.sh):
 
     torchrun --nproc_per_node 2 tests/ep_worker.py --backend nccl --out results.json
 """

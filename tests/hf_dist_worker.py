@@ -1,7 +1,7 @@
 """transformers' own sharding with ``experts_implementation="moe_core"``, checked against the
 single-process model on every rank. Used by the CPU gloo test
 (tests/test_transformers_distributed.py, spawned) and, under torchrun with NCCL, on the GPU
-machine (scripts/gpu_transformers.sh):
+machine (scripts/gpu_session.sh):
 
     torchrun --nproc_per_node 2 tests/hf_dist_worker.py --out results.json
 

@@ -1,4 +1,4 @@
-"""Expert parallelism on the 2 x H200 machine (issue #15), run by scripts/gpu_ep.sh:
+"""Expert parallelism on the 2 x H200 machine (issue #15), run by scripts/gpu_session.sh:
 both DeepEP dispatchers and ``torch:all_to_all`` over NCCL with the runners the host picks,
 bf16 and fp8 on the wire, against the single-process reference; FP8 kept quantized for
 DeepGEMM; the plugin's buffer sizing against DeepEP's own hints; no host synchronisation in
@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(not torch.cuda.is_available(),
-                       reason="needs a CUDA GPU: run scripts/gpu_ep.sh on the 2 x H200 machine"),
+                       reason="needs a CUDA GPU: run scripts/gpu_session.sh on the 2 x H200 machine"),
 ]
 TWO_GPUS = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs (nvidia-h200-x2)")
 HAS = {m: importlib.util.find_spec(m) is not None for m in ("deep_ep", "deep_gemm", "flashinfer")}

@@ -1,6 +1,6 @@
 """transformers' own sharding on two GPUs with ``experts_implementation="moe_core"``: TP=2 and
 EP=2 (moe-core's token exchange, transformers' all_to_all and auto) at real layer dims, NCCL,
-the GPU runners and DeepEP where built (scripts/gpu_transformers.sh ep2 on nvidia-h200-x2;
+the GPU runners and DeepEP where built (scripts/gpu_session.sh on nvidia-h200-x2;
 results in docs/results.md). Runs tests/hf_dist_worker.py under torchrun; its JSON goes to
 ``$OUT/hf_dist_ep2.json`` when ``OUT`` is set."""
 
@@ -20,7 +20,7 @@ pytest.importorskip("transformers", reason="the transformers extra is not instal
 pytestmark = [
     pytest.mark.gpu,
     pytest.mark.skipif(torch.cuda.device_count() < 2,
-                       reason="needs 2 CUDA GPUs: run scripts/gpu_transformers.sh ep2 on the "
+                       reason="needs 2 CUDA GPUs: run scripts/gpu_session.sh on the "
                               "nvidia-h200-x2 machine (recorded in docs/results.md)"),
 ]
 TOLERANCE = 2e-2
