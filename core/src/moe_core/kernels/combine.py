@@ -66,5 +66,6 @@ def weighted_reduce(y: torch.Tensor, pos: torch.Tensor, weights: torch.Tensor) -
         return out
     valid = pos >= 0
     gathered = y.index_select(0, pos.clamp(min=0).reshape(-1).long()).view(n, k, H).float()
-    w = torch.where(valid, weights.float(), 0.0)
-    return torch.einsum("nk,nkh->nh", w, gathered).to(torch.bfloat16)
+    # Rows at -1 are never read (the kernel masks them), so their garbage cannot become NaN.
+    gathered = torch.where(valid[..., None], gathered, 0.0)
+    return torch.einsum("nk,nkh->nh", weights.float(), gathered).to(torch.bfloat16)
