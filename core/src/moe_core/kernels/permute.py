@@ -90,11 +90,10 @@ def permute_contiguous(x: torch.Tensor, topk_ids: torch.Tensor, first_expert: in
     valid = slots < n
     expert = routes.block_expert.repeat_interleave(align)
     m_indices = torch.where(valid, expert, -1).to(torch.int32)
-    src = torch.where(valid, slots // k, -1)
-    if fp8:
-        rows = quantize_groups(x, src)
-    else:
-        rows = torch.where(valid[:, None], x.index_select(0, src.clamp(min=0)), x.new_zeros(()))
+    # Padding rows read a zero row appended to x (which may have no rows at all).
+    src = torch.where(valid, slots // k, x.shape[0])
+    padded = torch.cat([x, x.new_zeros(1, H)])
+    rows = quantize_groups(padded, src) if fp8 else padded.index_select(0, src)
     return ContiguousRows(rows, m_indices, routes)
 
 
@@ -127,7 +126,7 @@ def permute_masked(x: torch.Tensor, topk_ids: torch.Tensor, first_expert: int, n
     slot_rows = routes.slot_rows.to(torch.int64)
     at = torch.where(slot_rows >= 0, slot_rows, E * max_m)
     tokens = torch.arange(n, device=dev) // k
-    buf = x.new_zeros(E * max_m + 1, H).index_copy_(0, at, x.index_select(0, tokens))
+    buf = x.new_zeros(E * max_m + 1, H).index_copy_(0, at, x[tokens])
     buf = buf[:-1].view(E, max_m, H)
     rows = quantize_groups(buf, counts=routes.masked_m) if fp8 else buf
     return MaskedRows(rows, routes.masked_m, routes.slot_rows)

@@ -48,8 +48,11 @@ def place(ids_ptr, chunk_counts_ptr, slot_rows_ptr, sorted_ptr, block_expert_ptr
                          mask=(ch < num_chunks)[:, None], other=0)
             total += tl.sum(cc, axis=0)
             before += tl.sum(tl.where((ch < pid)[:, None], cc, 0), axis=0)
-    else:
-        total = tl.sum(onehot, axis=0)
+    else:  # one chunk (C >= n): every program reads it whole for the totals
+        every = tl.arange(0, C)
+        lo = (tl.load(ids_ptr + every, mask=every < n, other=0) - first).to(tl.int32)
+        in_all = (every < n) & (lo >= 0) & (lo < E)
+        total = tl.sum(((lo[:, None] == e[None, :]) & in_all[:, None]).to(tl.int32), axis=0)
         before = tl.zeros([EP], dtype=tl.int32)
     if MASKED:  # expert e owns rows e * max_m .. e * max_m + max_m - 1
         count = tl.minimum(total, max_m)
