@@ -20,8 +20,10 @@ from .constraints import CONTIGUOUS, LAYOUTS, MASKED, VARIANTS, WIRE, verdicts
 
 @hookimpl
 def moe_variants():
+    # graph_safe: the standard call permutes, runs and combines on the device with shapes
+    # from T alone (moe_core.kernels.permute); a GPU test captures and replays a layer.
     return [Variant(name, priority, summary, requires=("deep_gemm",), wire=WIRE,
-                    layouts=LAYOUTS[MASKED if name.startswith(MASKED) else CONTIGUOUS])
+                    layouts=LAYOUTS[MASKED if name.startswith(MASKED) else CONTIGUOUS], graph_safe=True)
             for name, (priority, summary) in VARIANTS.items()]
 
 
