@@ -103,7 +103,10 @@ def test_a_loaded_layer_captures_in_a_cuda_graph_and_replays(host, case, tokens)
         dst.copy_(src)
     graph.replay()
     torch.cuda.synchronize()
-    torch.testing.assert_close(out, layer(*fresh), rtol=0, atol=0)
+    eager = layer(*fresh)
+    err = relative_error(out, eager)
+    print(f"\n{plan.backend} {case} T={tokens}: replay vs eager rel err {err:.1e}")
+    assert err < 1e-3, "replay differs from an eager call on the same inputs"
     assert not torch.equal(out, first)
 
 
