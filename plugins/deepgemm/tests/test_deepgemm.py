@@ -160,23 +160,55 @@ def test_process_weights_never_touches_the_callers_tensors():
     assert all(torch.equal(before[k], v.view(torch.uint8)) for k, v in w.tensors().items())
 
 
+@pytest.mark.parametrize("path", ["masked", "contiguous"])
 @pytest.mark.parametrize("quant, variant", [
     ("bf16", "contiguous"), ("bf16", "masked"), ("fp8_block128", "contiguous"),
     ("fp8_block128", "masked"), ("fp8_block128", "contiguous_fused"), ("fp8_block128", "masked_fused")])
-def test_runner_matches_the_reference_through_the_stand_in(fake_dg, quant, variant):
+def test_runner_matches_the_reference_through_the_stand_in(fake_dg, quant, variant, path):
     spec = MoESpec(num_experts=6, top_k=2, hidden_size=256, intermediate_size=512, quant=quant,
                    arch="sm90", max_tokens=64 if variant.startswith("masked") else 300)
     plan = host().resolve(spec, force=f"deepgemm:{variant}")
+    assert plan.graph_safe
     weights = random_weights(spec, device="cpu")
     x, tw, ti = random_inputs(spec, 40, device="cpu")
-    out = DeepGemmRunner(plan, prepare(plan, weights))(x, tw, ti)
+    runner = DeepGemmRunner(plan, prepare(plan, weights))
+    runner.masked_max_tokens = 40 if path == "masked" else 39  # the standard call picks by T
+    out = runner(x, tw, ti)
     ref_plan = host().resolve(spec, force="reference:loop")
     from moe_core.reference.experts import ReferenceRunner
     ref = ReferenceRunner(ref_plan, weights)(x, tw, ti)
     assert relative_error(out, ref) < (1e-2 if quant == "bf16" else 3e-2)
-    assert any(c.startswith(quant.split("_")[0]) for c in fake_dg.calls)
-    empty = DeepGemmRunner(plan, prepare(plan, weights))(x[:0], tw[:0], ti[:0])
+    assert fake_dg.calls and all(c == f"{quant.split('_')[0]}_{path}" for c in fake_dg.calls)
+    empty = runner(x[:0], tw[:0], ti[:0])
     assert empty.shape == (0, 256)
+
+
+@pytest.mark.parametrize("path", ["masked", "contiguous"])
+def test_standard_call_under_ep_sums_this_ranks_experts(fake_dg, path):
+    spec = MoESpec(num_experts=8, top_k=3, hidden_size=256, intermediate_size=512, quant="fp8_block128",
+                   arch="sm90", tp_size=2, ep_size=2, rank=1, max_tokens=64)
+    plan = host().resolve(spec, force="deepgemm:contiguous_fused")
+    weights = random_weights(spec, device="cpu")
+    x, tw, ti = random_inputs(spec, 13, device="cpu")  # ids of both ranks' experts
+    assert bool((ti < spec.first_expert).any()) and bool((ti >= spec.first_expert).any())
+    runner = DeepGemmRunner(plan, prepare(plan, weights))
+    runner.masked_max_tokens = 64 if path == "masked" else 0
+    from moe_core.reference.experts import ReferenceRunner
+    ref = ReferenceRunner(host().resolve(spec, force="reference:loop"), weights)(x, tw, ti)
+    assert relative_error(runner(x, tw, ti), ref) < 3e-2
+
+
+def test_contiguous_layout_from_a_dispatcher_through_the_stand_in(fake_dg):
+    spec = MoESpec(num_experts=4, top_k=1, hidden_size=256, intermediate_size=512, quant="fp8_block128",
+                   arch="sm90", max_tokens=64)
+    plan = host().resolve(spec, force="deepgemm:contiguous")
+    weights = random_weights(spec, device="cpu")
+    x = torch.randn(11, 256).to(torch.bfloat16)
+    offsets = torch.tensor([0, 4, 4, 10, 11])  # an expert without rows
+    out = DeepGemmRunner(plan, prepare(plan, weights)).run_contiguous(x, offsets)
+    from moe_core.reference.experts import ReferenceRunner
+    ref = ReferenceRunner(host().resolve(spec, force="reference:loop"), weights).run_contiguous(x, offsets)
+    assert out.shape == x.shape and relative_error(out, ref) < 3e-2
 
 
 def test_masked_buffers_that_are_not_whole_tiles_are_padded(fake_dg):

@@ -1,10 +1,12 @@
-"""Routing -> rows grouped by local expert, each expert's rows padded to a block.
+"""Routing -> rows grouped by local expert: padded to a block, or one fixed stride each.
 
-The layout every grouped-GEMM kernel reads (vLLM's ``moe_align_block_size``, DeepGEMM's
-contiguous layout with ``block`` = its M alignment): slots (``t * k + s``) sorted by
-expert, each expert's run padded to a multiple of ``block``. Built from a handful of torch
-ops on the device, with no host synchronisation and a capacity fixed by ``T * k``, so it
-can be captured in a CUDA graph.
+:func:`align_by_expert` builds the layout every grouped-GEMM kernel reads (vLLM's
+``moe_align_block_size``, DeepGEMM's contiguous layout with ``block`` = its M alignment):
+slots (``t * k + s``) sorted by expert, each expert's run padded to a multiple of
+``block``. :func:`align_masked` places expert ``e``'s slots at rows ``e * max_m + rank``
+(DeepGEMM's masked layout). Both run without host synchronisation and with a capacity
+fixed by ``T * k``, so they can be captured in a CUDA graph: on CUDA as one or two Triton
+kernels (:mod:`.triton_align`), elsewhere as a handful of torch ops (same results).
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+
+from . import on_triton, pow2
 
 
 class AlignedRoutes(NamedTuple):
@@ -30,9 +34,26 @@ class AlignedRoutes(NamedTuple):
     slot_rows: torch.Tensor
 
 
+class MaskedRoutes(NamedTuple):
+    """Where each routed slot goes in a ``[num_local, max_m]`` buffer; int32."""
+
+    #: ``[T * k]`` row ``e * max_m + rank`` of each slot (rank: its place among expert
+    #: ``e``'s slots, in token order); -1 where the expert is not local.
+    slot_rows: torch.Tensor
+    #: ``[num_local]`` rows in use per local expert.
+    masked_m: torch.Tensor
+
+
 def capacity(num_slots: int, num_local: int, block: int) -> int:
     """Rows an alignment of ``num_slots`` slots over ``num_local`` experts may need."""
     return -(-(num_slots + num_local * (block - 1)) // block) * block
+
+
+def _check(num_local: int, **sizes: int) -> None:
+    bad = {k: v for k, v in sizes.items() if v < 1}
+    if num_local < 1 or bad:
+        raise ValueError(f"num_local and {', '.join(sizes)} must be >= 1; got "
+                         f"num_local={num_local}, " + ", ".join(f"{k}={v}" for k, v in sizes.items()))
 
 
 def align_by_expert(topk_ids: torch.Tensor, first_expert: int, num_local: int,
@@ -42,8 +63,34 @@ def align_by_expert(topk_ids: torch.Tensor, first_expert: int, num_local: int,
 
     Slots within an expert keep token order. Ids outside this rank's range are skipped.
     """
-    if block < 1 or num_local < 1:
-        raise ValueError(f"block and num_local must be >= 1; got block={block}, num_local={num_local}")
+    _check(num_local, block=block)
+    impl = align_triton if on_triton(topk_ids) else align_torch
+    return impl(topk_ids, first_expert, num_local, block)
+
+
+def align_masked(topk_ids: torch.Tensor, first_expert: int, num_local: int,
+                 max_m: int) -> MaskedRoutes:
+    """Place the top-k slots routed to this rank's experts at ``e * max_m + rank``.
+
+    A top-k names an expert at most once per token, so ``max_m >= T`` holds every slot;
+    were an expert given more than ``max_m`` slots, those past ``max_m`` would get row -1
+    and ``masked_m`` would stop at ``max_m``.
+    """
+    _check(num_local, max_m=max_m)
+    if on_triton(topk_ids):
+        return _launch(topk_ids, first_expert, num_local, 1, max_m)
+    routes = align_torch(topk_ids, first_expert, num_local, 1)
+    counts = routes.counts.to(torch.int64)
+    start = counts.cumsum(0) - counts
+    local = (topk_ids.reshape(-1).to(torch.int64) - first_expert).clamp(0, num_local - 1)
+    rank = routes.slot_rows.to(torch.int64) - start.index_select(0, local)
+    keep = (routes.slot_rows >= 0) & (rank < max_m)
+    rows = torch.where(keep, local * max_m + rank, -1).to(torch.int32)
+    return MaskedRoutes(rows, counts.clamp(max=max_m).to(torch.int32))
+
+
+def align_torch(topk_ids: torch.Tensor, first_expert: int, num_local: int, block: int) -> AlignedRoutes:
+    """:func:`align_by_expert` in torch ops (any device)."""
     dev = topk_ids.device
     n = topk_ids.numel()
     cap = capacity(n, num_local, block)
@@ -74,3 +121,43 @@ def align_by_expert(topk_ids: torch.Tensor, first_expert: int, num_local: int,
     block_expert = torch.where(block_start < used, block_expert, -1)
     return AlignedRoutes(sorted_slots[:cap], block_expert.to(torch.int32), used.to(torch.int32),
                          counts.to(torch.int32), slot_rows)
+
+
+def align_triton(topk_ids: torch.Tensor, first_expert: int, num_local: int, block: int) -> AlignedRoutes:
+    """:func:`align_by_expert` in one or two Triton kernels (CUDA, or the interpreter)."""
+    return _launch(topk_ids, first_expert, num_local, block, None)
+
+
+#: Elements of the ``[slots or rows, experts]`` one-hot tiles each program holds.
+_TILE_ELEMS = 8192
+
+
+def _launch(topk_ids, first: int, E: int, block: int, max_m: int | None):
+    from . import triton_align as k
+
+    ids = topk_ids.reshape(-1).contiguous()
+    dev, n = ids.device, ids.numel()
+    masked = max_m is not None
+    cap = E * max_m if masked else capacity(n, E, block)
+    EP = pow2(E)
+    C = max(16, min(pow2(n), _TILE_ELEMS // EP))
+    R = max(16, min(1024, _TILE_ELEMS // EP))
+    chunks = max(1, -(-n // C))
+    NCB = max(16, min(pow2(chunks), _TILE_ELEMS // EP))
+    i32 = dict(dtype=torch.int32, device=dev)
+    slot_rows = torch.empty(n, **i32)
+    counts = torch.empty(E, **i32)
+    sorted_slots = block_expert = used = slot_rows  # placeholders: unused when masked
+    if not masked:
+        sorted_slots, block_expert, used = (torch.empty(cap, **i32),
+                                            torch.empty(cap // block, **i32), torch.empty(1, **i32))
+    chunk_counts = torch.empty(chunks * EP if chunks > 1 else 1, **i32)
+    if chunks > 1:
+        k.count_chunks[(chunks,)](ids, chunk_counts, n, first, E, C=C, EP=EP)
+    grid = chunks if masked else max(chunks, -(-cap // R))
+    k.place[(grid,)](ids, chunk_counts, slot_rows, sorted_slots, block_expert, counts, used,
+                     n, first, E, block, cap, chunks, max_m or 0, C=C, EP=EP, NCB=NCB,
+                     NCT=-(-chunks // NCB), R=R, MULTI=chunks > 1, MASKED=masked)
+    if masked:
+        return MaskedRoutes(slot_rows, counts)
+    return AlignedRoutes(sorted_slots, block_expert, used, counts, slot_rows)

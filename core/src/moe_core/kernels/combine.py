@@ -8,10 +8,9 @@ of ``y`` once and writes bf16 sums accumulated in fp32; elsewhere the same in Py
 
 from __future__ import annotations
 
-import importlib.util
-from functools import cache
-
 import torch
+
+from . import on_triton
 
 _REDUCE_BLOCK_H = 1024
 _reduce_kernel = None
@@ -48,16 +47,11 @@ def _triton_kernel():
     return _reduce_kernel
 
 
-@cache
-def _has_triton() -> bool:
-    return importlib.util.find_spec("triton") is not None
-
-
 def weighted_reduce(y: torch.Tensor, pos: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """``y [P, H]``, ``pos [n, k]``, ``weights [n, k]`` -> ``[n, H]`` bf16."""
     n, k = pos.shape
     H = y.shape[-1]
-    if y.is_cuda and _has_triton():
+    if on_triton(y):
         cdiv, kernel = _triton_kernel()
         out = torch.empty(n, H, dtype=torch.bfloat16, device=y.device)
         if n:

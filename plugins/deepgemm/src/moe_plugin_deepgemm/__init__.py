@@ -20,10 +20,12 @@ from .constraints import CONTIGUOUS, LAYOUTS, MASKED, VARIANTS, WIRE, verdicts
 
 @hookimpl
 def moe_variants():
-    # quantized_input: FP8 tokens reach the first GEMM as they travel (run_*_quantized)
+    # quantized_input: FP8 tokens reach the first GEMM as they travel (run_*_quantized).
+    # graph_safe: the standard call permutes, runs and combines on the device with shapes
+    # from T alone (moe_core.kernels.permute); a GPU test captures and replays a layer.
     return [Variant(name, priority, summary, requires=("deep_gemm",), wire=WIRE,
                     layouts=LAYOUTS[MASKED if name.startswith(MASKED) else CONTIGUOUS],
-                    quantized_input=True)
+                    quantized_input=True, graph_safe=True)
             for name, (priority, summary) in VARIANTS.items()]
 
 

@@ -5,14 +5,21 @@ from __future__ import annotations
 import torch
 
 from moe_core.activations import apply_activation
+from moe_core.kernels.group_quant import quantize_groups
+from moe_core.kernels.permute import permute_contiguous, permute_masked, unpermute
 from moe_core.runner import GroupedRunner, masked_layout, valid_rows
-from moe_core.sizes import round_up
+from moe_core.sizes import cdiv, round_up
 from moe_core.spec import Quant
 
 from .constraints import MASKED_ROWS
-from moe_core.kernels.group_quant import quantize_groups
 
 RECIPE = (1, 128, 128)  # 1x128 activation groups, 128x128 weight blocks
+#: Standard-layout calls with at most this many tokens run the masked GEMMs (a
+#: ``[E, round_up(T, 128), H]`` buffer, experts without tokens skipped), larger ones the
+#: contiguous GEMMs (``T * k + E * 127`` rows, whose unused blocks DeepGEMM still loads).
+#: Provisional (256), to be replaced by the crossover benchmarks/permute_bench.py measures
+#: on the H200 for DeepSeek-V3 EP 8.
+MASKED_MAX_TOKENS = 256
 
 
 class DeepGemmRunner(GroupedRunner):
@@ -43,7 +50,7 @@ class DeepGemmRunner(GroupedRunner):
         a = apply_activation(self.spec, h)  # bf16, as the separate silu_and_mul kernels do
         return quantize_groups(a, counts=counts) if self.fp8 else a
 
-    def _gemm(self, a, which: str, layout, *, masked_m=None):
+    def _gemm(self, a, which: str, layout, *, masked_m=None, expected_m=None):
         w = getattr(self.weights, which)
         lead = a[0].shape[:-1] if self.fp8 else a.shape[:-1]
         d = torch.empty(*lead, w.shape[1], dtype=torch.bfloat16, device=w.device)
@@ -55,40 +62,63 @@ class DeepGemmRunner(GroupedRunner):
             else:
                 dg.m_grouped_bf16_gemm_nt_contiguous(a, w, d, layout)
             return d, None
+        expected_m = expected_m or self.expected_m  # the hint: actual T, or the plan's
         if self.fp8:
             ret = dg.m_grouped_fp8_gemm_nt_masked(a, (w, getattr(self.weights, which + "_scale")), d,
-                                                  masked_m, self.expected_m, recipe=RECIPE)
+                                                  masked_m, expected_m, recipe=RECIPE)
         else:
-            ret = dg.m_grouped_bf16_gemm_nt_masked(a, w, d, masked_m, self.expected_m)
+            ret = dg.m_grouped_bf16_gemm_nt_masked(a, w, d, masked_m, expected_m)
         return d, ret
 
     # -- layouts ---------------------------------------------------------------------
+    def __call__(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
+        """Standard layout: permute (+ FP8 quant) on the device, both GEMMs, weighted combine.
+        No host synchronisation; every shape follows from ``T`` (CUDA-graph capturable)."""
+        T = x.shape[0]
+        if T == 0:
+            return x.new_zeros(0, self.spec.hidden_size)
+        run = self._standard_masked if T <= self.masked_max_tokens else self._standard_contiguous
+        return run(x, topk_weights, topk_ids)
+
+    #: The token count up to which :meth:`__call__` takes the masked GEMMs.
+    masked_max_tokens = MASKED_MAX_TOKENS
+
+    def _standard_masked(self, x, topk_weights, topk_ids) -> torch.Tensor:
+        s, T = self.spec, x.shape[0]
+        p = permute_masked(x, topk_ids, s.first_expert, s.local_experts, round_up(T, MASKED_ROWS), fp8=self.fp8)
+        # Slots an expert of this rank expects: T * k spread over every rank's experts.
+        y = self._masked_gemms(p.rows, p.masked_m, max(1, cdiv(T * s.top_k, s.num_experts)))
+        return unpermute(y, p.slot_rows, topk_weights)
+
+    def _standard_contiguous(self, x, topk_weights, topk_ids) -> torch.Tensor:
+        s = self.spec
+        p = permute_contiguous(x, topk_ids, s.first_expert, s.local_experts, self.align, fp8=self.fp8)
+        return unpermute(self._contiguous_gemms(p.rows, p.m_indices), p.slot_rows, topk_weights)
+
+    def _contiguous_gemms(self, a, m_indices: torch.Tensor) -> torch.Tensor:
+        h, _ = self._gemm(a, "w13", m_indices)
+        y, _ = self._gemm(self._activation(h), "w2", m_indices)
+        return y
+
+    def _masked_gemms(self, a, masked_m: torch.Tensor, expected_m: int) -> torch.Tensor:
+        h, _ = self._gemm(a, "w13", None, masked_m=masked_m, expected_m=expected_m)
+        y, _ = self._gemm(self._activation(h, masked_m), "w2", None, masked_m=masked_m,
+                          expected_m=expected_m)
+        return y
+
     def run_contiguous(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
         if self.masked:
             masked, counts = masked_layout(x, offsets, round_up(max(int(offsets.diff().max()), 1), MASKED_ROWS))
             out = self.run_masked(masked, counts)
             return out[valid_rows(counts, out.shape[1])]
-        E, H = self.spec.local_experts, self.spec.hidden_size
-        if x.shape[0] == 0:
-            return x.new_zeros(0, H)
-        counts = offsets.diff()
-        padded = (counts + self.align - 1) // self.align * self.align
-        starts = padded.cumsum(0) - padded
-        expert = torch.repeat_interleave(torch.arange(E, device=x.device), counts)
-        dst = starts[expert] + torch.arange(x.shape[0], device=x.device) - offsets[:-1][expert]
-        rows = int(padded.sum())
-        m_indices = torch.full((rows,), -1, dtype=torch.int32, device=x.device)
-        m_indices[dst] = expert.to(torch.int32)
-        if self.fp8:  # gather into the aligned layout and quantize in one pass
-            src = torch.full((rows,), -1, dtype=torch.int64, device=x.device)
-            src[dst] = torch.arange(x.shape[0], device=x.device)
-            a = quantize_groups(x, src)
-        else:
-            a = x.new_zeros(rows, H)
-            a[dst] = x
-        h, _ = self._gemm(a, "w13", m_indices)
-        y, _ = self._gemm(self._activation(h), "w2", m_indices)
-        return y[dst]
+        N, E = x.shape[0], self.spec.local_experts
+        if N == 0:
+            return x.new_zeros(0, self.spec.hidden_size)
+        # Rows already grouped: each row's expert as a top-1 routing, through the same
+        # permute as the standard layout (no host synchronisation).
+        expert = torch.searchsorted(offsets[1:].contiguous(), torch.arange(N, device=x.device), right=True)
+        p = permute_contiguous(x, expert.clamp(max=E - 1).view(N, 1), 0, E, self.align, fp8=self.fp8)
+        return self._contiguous_gemms(p.rows, p.m_indices).index_select(0, p.slot_rows.long())
 
     def run_masked(self, x: torch.Tensor, masked_m: torch.Tensor) -> torch.Tensor:
         if not self.masked:
