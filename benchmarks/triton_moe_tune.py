@@ -4,8 +4,8 @@ For each shape of issue 13 (DeepSeek-V3 under EP 8, Qwen3-30B-A3B, gpt-oss-20b, 
 under TP 8), each weight format the plugin runs it in, and each token bucket, it times both
 grouped GEMMs over a small grid of tiles (CUDA graphs of 10 launches, CUDA events) on a
 random routing, keeps the ``block_m`` whose best GEMM1 + best GEMM2 is fastest, then times
-the whole layer with the table it wrote (and with moe_core's torch-op alignment instead of
-ours) and prints the bandwidth of the weights it reads against this GPU's measured copy
+the whole layer with the table it wrote (and with the alignment's torch-op path instead of
+its Triton kernels) and prints the bandwidth of the weights it reads against this GPU's measured copy
 bandwidth. Decode buckets get most of the grid. About 4 minutes on one H200 (mostly
 Triton compiles); ``--shapes``/``--buckets`` narrow it.
 
@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from moe_core import spec_for_model
-from moe_core.kernels.align import align_by_expert
+from moe_core.kernels.align import align_by_expert, align_torch
 from moe_core.kernels.group_quant import quantize_groups
 from moe_plugin_triton import constraints
 from moe_plugin_triton.configs import CONFIG_DIR_ENV, TileConfig, gemm_key, table_name
@@ -125,7 +125,7 @@ def tune_bucket(kernels, spec, dtype, w, tokens):
     tiles = (PREFILL_TILES if prefill else DECODE_TILES)[dtype]
     out = {}
     for bm in block_ms(tokens * k / spec.num_experts, prefill):
-        routes = kernels.align(ids, spec.first_expert, spec.local_experts, bm)
+        routes = align_by_expert(ids, spec.first_expert, spec.local_experts, bm)
         rows, n = routes.sorted_slots.shape[0], ids.numel()
         h = torch.empty(rows, w["w13"].shape[1], dtype=torch.bfloat16, device="cuda")
         act = torch.empty(rows, I, dtype=torch.float8_e4m3fn if fp8 else torch.bfloat16, device="cuda")
@@ -164,7 +164,7 @@ def layer_time(host, spec, dtype, w, tokens, core_align: bool = False) -> float:
     plan = host.resolve(spec.replace(max_tokens=tokens), force=f"triton:{dtype}")
     layer = host.load(plan, MoEWeights(**w), check_values=False)
     if core_align:
-        layer.runner.align = align_by_expert
+        layer.runner.align = align_torch
     x = torch.randn(tokens, spec.hidden_size, device="cuda").to(torch.bfloat16)
     tw, ids = routing(spec, tokens)
     return graph_time_us(lambda: layer(x, tw, ids), launches=5, replays=4), ids

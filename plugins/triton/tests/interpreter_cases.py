@@ -17,7 +17,6 @@ import torch  # noqa: E402
 import triton.runtime.interpreter as _interpreter  # noqa: E402
 
 from moe_core import Host, MoESpec  # noqa: E402
-from moe_core.kernels.align import align_by_expert  # noqa: E402
 from moe_core.quant import tolerance  # noqa: E402
 from moe_core.reference.oracle import float64_layer, relative_error  # noqa: E402
 from moe_core.runner import contiguous_layout  # noqa: E402
@@ -96,35 +95,12 @@ def contiguous(host, fields):
     return relative_error(out, ref), tolerance(spec.quant)
 
 
-def alignment():
-    """Same counts, blocks and per-expert slot sets as moe_core's align_by_expert."""
-    gen = torch.Generator().manual_seed(3)
-    for T, k, first, local, block in ((7, 3, 2, 6, 4), (1, 1, 0, 1, 16), (0, 2, 0, 3, 16), (33, 4, 4, 4, 16)):
-        ids = torch.randint(0, first + local + 3, (T, k), generator=gen)
-        got, want = kernels.align(ids, first, local, block), align_by_expert(ids, first, local, block)
-        for f in ("block_expert", "rows_used", "counts"):
-            assert torch.equal(getattr(got, f), getattr(want, f)), (f, getattr(got, f), getattr(want, f))
-        n = ids.numel()
-        for b, e in enumerate(got.block_expert.tolist()):  # each block holds its expert's slots
-            slots = got.sorted_slots[b * block:(b + 1) * block]
-            slots = slots[slots < n].long()
-            assert (e < 0 and slots.numel() == 0) or bool((ids.reshape(-1)[slots] == first + e).all())
-        g = got.sorted_slots.sort().values
-        assert torch.equal(g, want.sorted_slots.sort().values), "a different set of rows"
-        rows = got.slot_rows
-        local_slots = (rows >= 0).nonzero().squeeze(1)
-        assert torch.equal(got.sorted_slots[rows[local_slots].long()], local_slots.to(torch.int32))
-        assert torch.equal(rows < 0, want.slot_rows < 0)
-    return 0.0, 0.0
-
-
 def main() -> None:
     host = Host()
     jobs = {name: (lambda f=f, t=t: standard(host, f, t)) for name, (f, t) in CASES.items()}
     jobs["bf16-empty-experts"] = lambda: empty_experts(host)
     jobs["bf16-contiguous-ep"] = lambda: contiguous(host, {**BASE, "tp_size": 2, "ep_size": 2, "rank": 1})
     jobs["fp8-contiguous"] = lambda: contiguous(host, {**BASE, **FP8})
-    jobs["align-matches-core"] = alignment
     out = {}
     for name, job in jobs.items():
         try:

@@ -11,11 +11,6 @@ block ``r // BLOCK_M`` belongs to local expert ``block_expert[r // BLOCK_M]`` (-
 * :func:`launch_activation` — one program per (slot, column block): the gated (or relu2)
   activation of its row, written as bf16 or quantized to e4m3 in 1x128 groups with the
   scales MN-major (``[G, rows]``), the layout the second GEMM reads.
-* :func:`align` — the layout of :func:`~moe_core.kernels.align.align_by_expert` in three
-  small kernels instead of its ~40 torch ops (each a launch that costs as much as a decode
-  GEMM's weight reads of a few experts), with one difference: slots within an expert are in
-  the order their atomic counter handed out, not token order. Every row is computed on
-  its own, so the output does not depend on it.
 
 This module imports triton; the plugin imports it only when a plan runs (``make_runner``).
 Triton decides at decoration time whether a kernel runs in its CPU interpreter
@@ -31,7 +26,6 @@ import triton.language as tl
 
 import torch
 
-from moe_core.kernels.align import AlignedRoutes, capacity
 from moe_core.sizes import cdiv
 from moe_core.spec import Activation
 
@@ -237,69 +231,3 @@ def launch_activation(h, out, slot_rows, *, intermediate: int, act: int, scale=N
         s.stride(1) if scale is not None else 0, s.stride(0) if scale is not None else 0,
         float(limit or 0.0), float(alpha or 0.0),
         ACT=act, FP8=scale is not None, INTERPRET=INTERPRET, BLOCK=block, num_warps=4)
-
-
-@triton.jit
-def _count_slots(ids_ptr, counts_ptr, ranks_ptr, n, first, num_local, BLOCK: tl.constexpr):
-    """Each local slot takes the next rank of its expert's counter."""
-    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    local = tl.load(ids_ptr + i, mask=i < n, other=-1).to(tl.int32) - first
-    mine = (i < n) & (local >= 0) & (local < num_local)
-    rank = tl.atomic_add(counts_ptr + tl.where(mine, local, 0), 1, mask=mine)
-    tl.store(ranks_ptr + i, rank, mask=mine)
-
-
-@triton.jit
-def _expert_blocks(counts_ptr, start_ptr, block_expert_ptr, used_ptr, num_local, num_blocks,
-                   BLOCK_M: tl.constexpr, E_BLOCK: tl.constexpr, CHUNK: tl.constexpr):
-    """One program: padded starts per expert, rows in use, and each block's expert."""
-    e = tl.arange(0, E_BLOCK)
-    is_expert = e < num_local
-    padded = (tl.load(counts_ptr + e, mask=is_expert, other=0) + BLOCK_M - 1) // BLOCK_M * BLOCK_M
-    end = tl.cumsum(padded, 0)
-    tl.store(start_ptr + e, end - padded, mask=is_expert)
-    used = tl.sum(padded, 0)
-    tl.store(used_ptr, used)
-    for b0 in range(0, num_blocks, CHUNK):
-        b = b0 + tl.arange(0, CHUNK)
-        row = b * BLOCK_M
-        # The expert of a block: how many experts' padded runs end at or before its row.
-        expert = tl.sum(((end[None, :] <= row[:, None]) & is_expert[None, :]).to(tl.int32), 1)
-        tl.store(block_expert_ptr + b, tl.where(row < used, expert, -1), mask=b < num_blocks)
-
-
-@triton.jit
-def _place_slots(ids_ptr, ranks_ptr, start_ptr, sorted_ptr, slot_rows_ptr, n, first, num_local,
-                 BLOCK: tl.constexpr):
-    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    local = tl.load(ids_ptr + i, mask=i < n, other=-1).to(tl.int32) - first
-    mine = (i < n) & (local >= 0) & (local < num_local)
-    row = (tl.load(start_ptr + tl.where(mine, local, 0), mask=mine, other=0)
-           + tl.load(ranks_ptr + i, mask=mine, other=0))
-    tl.store(sorted_ptr + row, i, mask=mine)
-    tl.store(slot_rows_ptr + i, tl.where(mine, row, -1), mask=i < n)
-
-
-ALIGN_BLOCK = 1024
-
-
-def align(topk_ids: torch.Tensor, first_expert: int, num_local: int, block: int) -> AlignedRoutes:
-    """:func:`moe_core.kernels.align.align_by_expert`'s layout (capacity, padding, block
-    experts, ``slot_rows``), slots within an expert in counter order; no host sync."""
-    ids = topk_ids.reshape(-1)
-    n, dev = ids.numel(), ids.device
-    cap = capacity(n, num_local, block)
-    i32 = dict(dtype=torch.int32, device=dev)
-    counts = torch.zeros(num_local, **i32)
-    ranks, start = torch.empty(n, **i32), torch.empty(num_local, **i32)
-    sorted_slots = torch.full((cap,), n, **i32)
-    slot_rows, used = torch.empty(n, **i32), torch.empty(1, **i32)
-    block_expert = torch.empty(cap // block, **i32)
-    grid = (max(1, cdiv(n, ALIGN_BLOCK)),)
-    _count_slots[grid](ids, counts, ranks, n, first_expert, num_local, BLOCK=ALIGN_BLOCK)
-    e_block = max(16, triton.next_power_of_2(num_local))
-    _expert_blocks[(1,)](counts, start, block_expert, used, num_local, cap // block, BLOCK_M=block,
-                         E_BLOCK=e_block, CHUNK=max(1, 8192 // e_block))
-    _place_slots[grid](ids, ranks, start, sorted_slots, slot_rows, n, first_expert, num_local,
-                       BLOCK=ALIGN_BLOCK)
-    return AlignedRoutes(sorted_slots, block_expert, used, counts, slot_rows)

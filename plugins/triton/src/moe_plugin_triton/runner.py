@@ -1,4 +1,4 @@
-"""The runner: align (:func:`.kernels.align`) -> GEMM1 (gather, x @ w13, +bias) -> activation (+ FP8 quant) ->
+"""The runner: align (:func:`moe_core.kernels.align.align_by_expert`) -> GEMM1 (gather, x @ w13, +bias) -> activation (+ FP8 quant) ->
 GEMM2 (@ w2, +bias) -> weighted top-k sum, all on the device.
 
 No step synchronises with the host or sizes a tensor from data (the buffers hold the
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from moe_core.kernels.align import AlignedRoutes
+from moe_core.kernels.align import AlignedRoutes, align_by_expert
 from moe_core.kernels.combine import weighted_reduce
 from moe_core.kernels.group_quant import quantize_groups
 from moe_core.runner import GroupedRunner
@@ -45,9 +45,8 @@ class TritonMoeRunner(GroupedRunner):
         # Under TP every rank holds the whole down bias; only the first adds it.
         self.w2_bias = weights.w2_bias if s.moe_tp_rank == 0 else None
         self._configs: dict[int, LayerConfigs] = {}
-        #: The routing alignment: our three kernels (a benchmark may swap in
-        #: :func:`moe_core.kernels.align.align_by_expert`, the same layout in torch ops).
-        self.align = kernels.align
+        #: The routing alignment (one or two Triton kernels on CUDA, no host sync).
+        self.align = align_by_expert
 
     def configs(self, tokens: int) -> LayerConfigs:
         """Tiles for a call of ``tokens`` tokens (cached per count)."""
