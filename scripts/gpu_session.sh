@@ -5,11 +5,11 @@
 #   builds      DeepGEMM, the FlashInfer CUTLASS kinds and (two GPUs) DeepEP, side by side
 #   lane A      the Triton tile tuning (its table is used by every later step of the lane),
 #               benchmarks/layer_bench.py on $SHAPES_A, benchmarks/permute_bench.py
-#   lane B      every one-GPU test (pytest -m gpu), the conformance kit on SM90,
+#   lane B      every one-GPU test (pytest -m gpu), the conformance kit on SM90, then
 #               layer_bench on $SHAPES_B, benchmarks/transformers_bench.py
 #   ep          (two GPUs) DeepEP's own tests, the EP GPU tests, tests/ep_worker.py over NCCL,
 #               benchmarks/dispatch_bench.py, transformers' EP=2 benchmark
-# With two GPUs lanes A and B run at once, one GPU each; with one they run in turn. Each step
+# With two GPUs lanes A and B run at once, one GPU each; with one, B's tests, A, B's benches. Each step
 # has a time limit; nothing later depends on an earlier step passing.
 # The whole outlives one 10-minute device command, so it runs detached and is polled:
 #   bash scripts/gpu_session.sh start 540   # install, launch, poll up to 540 s
@@ -56,12 +56,15 @@ lane_a() {
     step permute_bench 300 python3 benchmarks/permute_bench.py --out "$W/permute_bench.json"
 }
 
-lane_b() {
+tests_b() {
     step gpu_tests 900 python3 -m pytest -m gpu tests plugins -v -s -rs -p no:cacheprovider \
         --moe-conformance= --ignore=tests/test_gpu_ep.py --ignore=tests/test_gpu_transformers_ep.py
     step kit 300 python3 -m pytest -p no:cacheprovider -q -rs \
         --moe-conformance=reference,deepgemm,flashinfer_cutlass,triton -k "sm90" \
         "$(python3 -c 'import moe_core.conformance.pytest_plugin as p; print(p.KIT)')"
+}
+
+bench_b() {
     step layer_bench_b 900 python3 benchmarks/layer_bench.py --shapes "$SHAPES_B" --out "$W/layer_bench_b.json"
     step transformers_1gpu 420 python3 benchmarks/transformers_bench.py --preset qwen3-30b-a3b,deepseek-v3-64e \
         --out "$W/transformers_1gpu.json" --plot "$W/transformers_1gpu.png"
@@ -87,10 +90,10 @@ pipeline() {
     builds
     step plugins 120 python3 -m moe_core.cli plugins
     if [ "$NGPU" -ge 2 ]; then
-        (export CUDA_VISIBLE_DEVICES=0; lane_a) & (export CUDA_VISIBLE_DEVICES=1; lane_b) & wait
+        (export CUDA_VISIBLE_DEVICES=0; lane_a) & (export CUDA_VISIBLE_DEVICES=1; tests_b; bench_b) & wait
         ep
-    else
-        lane_a; lane_b
+    else  # correctness first: a benchmark of a wrong kernel is worth nothing
+        tests_b; lane_a; bench_b
     fi
     touch "$W/done"
 }
