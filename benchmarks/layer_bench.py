@@ -249,13 +249,17 @@ def layout_call(layer, layout: Layout, x, tw, ti) -> Call:
     def back(y):
         return combine(y, tokens, pairs, tw, T)
 
+    # A failed capture of a call that syncs can leave the CUDA context faulting (seen on the
+    # H200, 2026-12-01: reference:grouped_mm's run_masked, then an illegal access two rows
+    # later), so only a graph-safe plan's calls are captured, as moe tune does.
+    no_capture = None if layer.plan.graph_safe else "the runner does not declare graph_safe"
     if layout is Layout.CONTIGUOUS:
-        return Call(lambda: layer.run_contiguous(rows, offsets), back)
+        return Call(lambda: layer.run_contiguous(rows, offsets), back, no_capture=no_capture)
     counts = offsets.diff()
     M = round_up(max(int(counts.max()), 1), 128)  # whole 128-row tiles (DeepGEMM's masked store)
     masked, counts = masked_layout(rows, offsets, M)
     return Call(lambda: layer.run_masked(masked, counts), lambda y: back(y[valid_rows(counts, M)]),
-                note=f"{M} rows per expert buffer")
+                note=f"{M} rows per expert buffer", no_capture=no_capture)
 
 
 def _variant(host: Host, plugin: str, variant: str):

@@ -41,6 +41,10 @@ def _host(graph_safe=True):
 
 
 def _spec(arch="cpu", **kw):
+    if arch == "auto":
+        from moe_core.arch import detect_arch
+
+        arch = detect_arch()
     return MoESpec(num_experts=8, top_k=2, hidden_size=128, intermediate_size=64, max_tokens=64,
                    arch=arch, **kw)
 
@@ -90,9 +94,9 @@ def test_moe_run_refuses_before_building_weights(capsys):
 
 @needs_cuda
 @pytest.mark.gpu
-@pytest.mark.parametrize("ep_rank", [0, 1])
-def test_replays_equal_eager_calls_at_every_count(ep_rank):
-    spec = _spec(arch="auto", ep_size=2, ep_rank=ep_rank)
+@pytest.mark.parametrize("rank", [0, 1])
+def test_replays_equal_eager_calls_at_every_count(rank):
+    spec = _spec(arch="auto", tp_size=2, ep_size=2, rank=rank)
     host = _host()
     layer = host.load(host.resolve(spec), random_weights(spec, device="cuda"))
     graphed = layer.graphed([4, 16])

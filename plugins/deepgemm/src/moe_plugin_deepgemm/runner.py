@@ -17,9 +17,13 @@ RECIPE = (1, 128, 128)  # 1x128 activation groups, 128x128 weight blocks
 #: Standard-layout calls with at most this many tokens run the masked GEMMs (a
 #: ``[E, round_up(T, 128), H]`` buffer, experts without tokens skipped), larger ones the
 #: contiguous GEMMs (``T * k + E * 127`` rows, whose unused blocks DeepGEMM still loads).
-#: Provisional (256), to be replaced by the crossover benchmarks/permute_bench.py measures
-#: on the H200 for DeepSeek-V3 EP 8.
-MASKED_MAX_TOKENS = 256
+#: Measured on one H200 (2026-12-01, benchmarks/permute_bench.py, DeepSeek-V3 EP 8): the
+#: masked path was faster at every T it timed, 4 to 2048, bf16 and fp8 (2048: 1.65 vs 2.76 ms
+#: bf16, 0.65 vs 1.40 ms fp8). Its buffer grows as E * T, so it is also capped in bytes.
+MASKED_MAX_TOKENS = 2048
+#: The largest bf16 masked input buffer (``E_local * round_up(T, 128) * H * 2``) the standard
+#: call allocates; DeepSeek-V3 EP 8 at 2048 tokens needs 0.94 GB.
+MASKED_MAX_BYTES = 1 << 30
 
 
 class DeepGemmRunner(GroupedRunner):
@@ -77,7 +81,10 @@ class DeepGemmRunner(GroupedRunner):
         T = x.shape[0]
         if T == 0:
             return x.new_zeros(0, self.spec.hidden_size)
-        run = self._standard_masked if T <= self.masked_max_tokens else self._standard_contiguous
+        s = self.spec
+        masked_bytes = s.local_experts * round_up(T, MASKED_ROWS) * s.hidden_size * 2
+        masked = T <= self.masked_max_tokens and masked_bytes <= MASKED_MAX_BYTES
+        run = self._standard_masked if masked else self._standard_contiguous
         return run(x, topk_weights, topk_ids)
 
     #: The token count up to which :meth:`__call__` takes the masked GEMMs.
