@@ -115,8 +115,8 @@ def test_shapes_the_driver_cannot_run_say_why():
 INTERPRETED = '''
 import json, sys
 sys.path[:0] = [{tests!r}, {bench!r}]
-import triton_interpret
-triton_interpret.enable()
+from moe_core.kernels import enable_interpreter
+enable_interpreter()
 from peers.vllm_triton import VllmTritonMoE
 from moe_core import MoESpec
 from moe_core.synthetic import random_inputs, random_weights

@@ -7,33 +7,20 @@ Prints one JSON object: case -> {"error": ..., "tolerance": ...} or {"failed": .
 from __future__ import annotations
 
 import json
-import os
 import sys
 import traceback
 
-os.environ["TRITON_INTERPRET"] = "1"
+from moe_core.kernels import enable_interpreter  # noqa: E402
+
+enable_interpreter()
 
 import torch  # noqa: E402
-import triton.runtime.interpreter as _interpreter  # noqa: E402
 
 from moe_core import Host, MoESpec  # noqa: E402
 from moe_core.quant import tolerance  # noqa: E402
 from moe_core.reference.oracle import float64_layer, relative_error  # noqa: E402
 from moe_core.runner import contiguous_layout  # noqa: E402
 from moe_core.synthetic import random_inputs, random_weights  # noqa: E402
-
-# Triton 3.6's interpreter converts a loop bound with int(<1-element array>), which numpy
-# 2.4 refuses ("only 0-dimensional arrays"); read the element instead.
-_patch = _interpreter._patch_lang_tensor
-
-
-def _patch_lang_tensor(tensor, scope):
-    _patch(tensor, scope)
-    scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
-
-
-_interpreter._patch_lang_tensor = _patch_lang_tensor
-
 from moe_plugin_triton import kernels  # noqa: E402  (after the variable: kernels run interpreted)
 from moe_plugin_triton.runner import TritonMoeRunner  # noqa: E402
 from moe_plugin_triton.weights import prepare  # noqa: E402

@@ -25,6 +25,25 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET") == "1"
 
 
+def enable_interpreter() -> None:
+    """Run Triton kernels in Triton's CPU interpreter in this process (tests). Call before
+    any kernel is defined. Also works around Triton 3.6's interpreter reading a loop bound
+    with ``int(<1-element array>)``, which numpy >= 2.4 refuses (``range(tl.cdiv(...))``)."""
+    os.environ["TRITON_INTERPRET"] = "1"
+    from triton.runtime import interpreter
+
+    original = interpreter._patch_lang_tensor
+    if getattr(original, "_scalar_index_shim", False):
+        return
+
+    def patch(tensor, scope):
+        original(tensor, scope)
+        scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+    patch._scalar_index_shim = True
+    interpreter._patch_lang_tensor = patch
+
+
 def on_triton(t: torch.Tensor) -> bool:
     """Whether the Triton kernels take ``t``: on CUDA, or anywhere under the interpreter."""
     return has_triton() and (t.is_cuda or interpreting())

@@ -15,12 +15,12 @@ Row layout (bytes; every region 4-byte aligned, rows 16-byte aligned)::
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from functools import cache
 
 import torch
 
+from ..kernels import on_triton
 from ..quant.fp8 import ACT_GROUP, dequantize_fp8_blockwise, quantize_fp8_blockwise
 from ..sizes import cdiv, round_up
 from ..tokens import Wire
@@ -95,7 +95,7 @@ def pack(fmt: RowFormat, x: torch.Tensor, ids: torch.Tensor, weights: torch.Tens
     token ``t``'s row written at every ``dest[t, r] >= 0`` (``dest [T, R]`` int32)."""
     buf = torch.empty(rows, fmt.row_bytes, dtype=torch.uint8, device=x.device)
     if rows and x.shape[0]:
-        (_pack_triton if use_triton(x) else _pack_torch)(fmt, x, ids, weights, dest, buf)
+        (_pack_triton if on_triton(x) else _pack_torch)(fmt, x, ids, weights, dest, buf)
     return buf
 
 
@@ -155,7 +155,7 @@ def unpack(fmt: RowFormat, buf: torch.Tensor, dest: torch.Tensor, rows: int, *,
     else:
         result = torch.empty(rows, H, dtype=torch.bfloat16, device=buf.device)
     if rows and buf.shape[0]:
-        (_unpack_triton if use_triton(buf) else _unpack_torch)(fmt, buf, dest, result, keep,
+        (_unpack_triton if on_triton(buf) else _unpack_torch)(fmt, buf, dest, result, keep,
                                                                batch_rows or 0)
     return result
 
@@ -193,18 +193,6 @@ def _unpack_triton(fmt, buf, dest, result, keep, batch_rows) -> None:
 
 
 # -- Triton --------------------------------------------------------------------------------
-@cache
-def _has_triton() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("triton") is not None
-
-
-def use_triton(t: torch.Tensor) -> bool:
-    """The Triton kernels run on CUDA tensors, and on CPU ones under ``TRITON_INTERPRET=1``."""
-    return (t.is_cuda or os.environ.get("TRITON_INTERPRET") == "1") and _has_triton()
-
-
 @cache
 def _kernels():
     import triton
