@@ -33,6 +33,7 @@ import json
 import os
 import platform
 import sys
+import time
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -288,7 +289,14 @@ def moe_core_contenders(host: Host, spec: MoESpec, weights, tokens: tuple[int, .
         out.append(Contender("moe-core (host)", Kind.HOST, None, reason="no backend: " + res.summary(),
                              tokens=tokens))
     else:
-        out.append(Contender("moe-core (host)", Kind.HOST, str(res.plan.backend), loaded(res.plan),
+        picked = res.plan.selection
+
+        def host_row(x, tw, ti, plan=res.plan):
+            call = loaded(plan)(x, tw, ti)
+            how = f"chosen by {picked.by.value}" if picked else "chosen by priority"
+            call.note = "; ".join(n for n in (how, call.note) if n)
+            return call
+        out.append(Contender("moe-core (host)", Kind.HOST, str(res.plan.backend), host_row,
                              tokens=tokens))
     for cand in res.candidates:
         name = str(cand.backend)
@@ -442,6 +450,25 @@ def measure_row(c: Contender, row: Row, x, tw, ti, flops: int, want, ceil, budge
     fill_rates(row, flops, ceil)
 
 
+def tuned_host(host: Host, plans: dict, regimes: dict, log) -> Host:
+    """A host whose runner order comes from ``moe tune`` on this panel's layers (in a
+    throwaway cache, so no earlier run's times count); ``host`` where tuning fails."""
+    import tempfile
+
+    from moe_core.tuning import TuningCache, tune
+
+    cache = TuningCache(tempfile.mkdtemp(prefix="layer-bench-tune-"))
+    t0 = time.perf_counter()
+    try:
+        for regime, s in plans.items():
+            tune(s, host=Host(host.registry), buckets=regimes[regime], cache=cache, budget_s=0.3)
+    except Exception as e:  # noqa: BLE001 - the host row says it is the static order
+        log(f"  moe tune failed ({type(e).__name__}: {e}); the host row uses the static order")
+        return host
+    log(f"  moe tune: {time.perf_counter() - t0:.1f} s")
+    return Host(host.registry, measurements=cache)
+
+
 def run_panel(name: str, shape: Shape, quant: Quant, tokens: tuple[int, ...], args, host: Host,
               ceil: measured.Ceilings, device: str, arch: str, log) -> list[Row]:
     """Every contender of one (shape, quant) at every token count."""
@@ -461,10 +488,12 @@ def run_panel(name: str, shape: Shape, quant: Quant, tokens: tuple[int, ...], ar
     contenders: list[Contender] = []
     layers: dict = {}
     smoke = args.smoke
-    for regime, ts in regimes.items():
-        if ts:
-            s = spec.replace(max_tokens=DECODE_MAX_TOKENS if regime == "decode" else top)
-            contenders += moe_core_contenders(host, s, weights, ts, args.skip, layers)
+    plans = {regime: spec.replace(max_tokens=DECODE_MAX_TOKENS if regime == "decode" else top)
+             for regime, ts in regimes.items() if ts}
+    if args.tune:  # what a user runs once per machine: the host then chooses by measurement
+        host = tuned_host(host, plans, regimes, log)
+    for regime, s in plans.items():
+        contenders += moe_core_contenders(host, s, weights, regimes[regime], args.skip, layers)
     if smoke:
         why = "--smoke runs the reference backend and CPU peers only"
         contenders += [Contender(c, Kind.KERNEL if "direct" in c else Kind.PEER, None, reason=why)
@@ -628,6 +657,9 @@ def parse(argv=None):
                     help="CPU: one tiny shape, a few token counts, the reference backend and CPU peers, "
                          "a CPU copy as the only ceiling")
     ap.add_argument("--from-json", default=None, help="print and plot an earlier run (no GPU needed)")
+    ap.add_argument("--no-tune", dest="tune", action="store_false",
+                    help="skip `moe tune` before each panel: the host row then shows the static "
+                         "priority order instead of the measured choice a tuned machine makes")
     a = ap.parse_args(argv)
     default_tokens = SMOKE_TOKENS if a.smoke else TOKENS
     a.tokens = tuple(sorted({int(t) for t in a.tokens.split(",") if t})) if a.tokens else default_tokens

@@ -90,6 +90,30 @@ def test_smoke_json_schema_and_plot(smoke):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     fields = set(lb.Row("s", "q", 1, 1, "c", lb.Kind.PEER).to_dict())
     assert all(set(r) == fields for r in data["rows"])
+    # moe tune ran first; the host row says how its backend was chosen (one runner: priority)
+    hosts = [r for r in data["rows"] if r["contender"] == "moe-core (host)"]
+    assert hosts and all(r["note"].startswith("chosen by priority") for r in hosts)
+
+
+def test_the_host_row_follows_measurements():
+    """With two runners timed by moe tune, the host row's backend is the faster one."""
+    from conftest import host_with, make_plugin
+    from moe_core import MoESpec, Variant, Verdict
+    from moe_core.reference.experts import ReferenceRunner
+
+    class Slow(ReferenceRunner):
+        def __call__(self, x, w, ids):
+            import time
+            time.sleep(0.02)
+            return super().__call__(x, w, ids)
+
+    slow = make_plugin([Variant("slow", 95)], lambda spec: [Verdict.yes("slow")], runner=Slow)
+    host = host_with(("slowplug", slow))
+    spec = MoESpec(num_experts=8, top_k=2, hidden_size=128, intermediate_size=64, max_tokens=4)
+    assert host.resolve(spec).plugin == "slowplug"  # static priority: the slow one
+    tuned = lb.tuned_host(host, {"decode": spec}, {"decode": (4,)}, print)
+    plan = tuned.resolve(spec)
+    assert plan.plugin == "reference" and plan.selection.by.value == "measurement"
 
 
 def test_smoke_rows_every_contender_at_every_token_count_with_a_reason_when_not_run(smoke):
