@@ -144,7 +144,7 @@ print(json.dumps(out))
 
 @NEEDS_VLLM
 def test_vllm_kernel_in_the_triton_interpreter_matches_float64():
-    pytest.importorskip("triton", reason="triton is not installed (pip install triton==3.6.0)")
+    pytest.importorskip("triton", reason="triton is not installed (requirements-dev.txt names the versions)")
     code = INTERPRETED.format(tests=str(ROOT / "tests"), bench=str(ROOT / "benchmarks"))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
