@@ -5,8 +5,9 @@ and replayed on new inputs, so a decode step pays one graph launch instead of a 
 Only a plan whose runner declares ``graph_safe`` (no host synchronisation, no tensor
 sized from data) is captured; anything else is a :class:`GraphError`, never a graph that
 replays stale shapes. A call with fewer tokens than a captured count runs that count's
-graph with padding tokens (zero hidden state, weight 0, routed to this rank's first
-expert), so the padding adds nothing to the tokens that are returned.
+graph with padding tokens (zero hidden state, weight 0, slot ``s`` routed to this rank's
+expert ``s mod E_local``, so no token names an expert twice where ``top_k <= E_local``):
+they add nothing to the tokens returned, though the runner still computes their rows.
 """
 
 from __future__ import annotations
@@ -60,10 +61,11 @@ class _Captured:
     def __init__(self, layer: MoELayer, tokens: int, pool) -> None:
         spec, dev = layer.plan.spec, layer.weights.device
         self.tokens = tokens
-        self.pad_expert = spec.first_expert
+        slots = torch.arange(spec.top_k, device=dev) % spec.local_experts
+        self.pad_ids = (spec.first_expert + slots).expand(tokens, spec.top_k)
         self.x = torch.zeros(tokens, spec.hidden_size, dtype=layer.dtype, device=dev)
         self.weights = torch.zeros(tokens, spec.top_k, dtype=torch.float32, device=dev)
-        self.ids = torch.full((tokens, spec.top_k), self.pad_expert, dtype=torch.int64, device=dev)
+        self.ids = self.pad_ids.clone()
         self.out: torch.Tensor | None = None
 
         def call() -> None:
@@ -79,7 +81,7 @@ class _Captured:
         if n < self.tokens:  # a bigger earlier call left its tokens here: pad again
             self.x[n:].zero_()
             self.weights[n:].zero_()
-            self.ids[n:].fill_(self.pad_expert)
+            self.ids[n:].copy_(self.pad_ids[n:])
         self.graph.replay()
         return self.out[:n]
 
@@ -88,7 +90,8 @@ class GraphedLayer:
     """``layer`` captured for each of ``token_counts``; called like the layer.
 
     :param copy_out: return a copy of the output (default). ``False`` returns a view of the
-        graph's static output, which the next call with the same count overwrites.
+        graph's static output, which the next call of any count may overwrite (the graphs
+        share one memory pool).
     """
 
     def __init__(self, layer: MoELayer, token_counts: Iterable[int], *, copy_out: bool = True) -> None:

@@ -153,13 +153,24 @@ def test_a_device_table_overrides_the_rule_and_both_gemms_share_block_m(tmp_path
     monkeypatch.setenv("MOE_TRITON_CONFIGS", str(tmp_path))
     table = ConfigTable.for_device("NVIDIA H200")
     assert table.lookup(5, "bf16", 1536, 2048) == tuned and table.lookup(5, "fp8_block128", 1536, 2048) is None
-    assert table.lookup(4096, "bf16", 1536, 2048) == tuned  # past the largest bucket tuned
+    # past the largest bucket tuned: the default rule, not decode tiles for a prefill
+    assert table.lookup(4096, "bf16", 1536, 2048) is None
     got = layer_configs(table, 5, dtype="bf16", top_k=8, num_experts=128, gemm1=(1536, 2048), gemm2=(2048, 768))
     assert got.gemm1 == tuned and got.gemm2.block_m == 32 and got.gemm2.block_n == 64
     assert got.origin == ("tuned", "tuned")
     other = layer_configs(table, 5, dtype="bf16", top_k=8, num_experts=128, gemm1=(4096, 7168), gemm2=(7168, 2048))
     assert other.origin == ("default", "default")
     assert "default rule" in ConfigTable.for_device("NVIDIA A100-SXM4-80GB").source
+
+
+def test_fp8_steps_never_span_two_scale_groups():
+    """The kernel reads one activation/weight scale per K step: block_k 256 would apply one
+    scale to two 128-wide groups (silently wrong), so the tiles are narrowed for fp8."""
+    from moe_plugin_triton.configs import fit
+
+    wide = TileConfig(16, 64, 256, 1, 4, 3)
+    assert fit(wide, "fp8_block128", None).block_k == 128
+    assert fit(wide, "bf16", None).block_k == 256
 
 
 def test_a_malformed_table_names_the_file(tmp_path):

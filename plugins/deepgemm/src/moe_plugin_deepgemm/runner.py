@@ -21,9 +21,9 @@ RECIPE = (1, 128, 128)  # 1x128 activation groups, 128x128 weight blocks
 #: masked path was faster at every T it timed, 4 to 2048, bf16 and fp8 (2048: 1.65 vs 2.76 ms
 #: bf16, 0.65 vs 1.40 ms fp8). Its buffer grows as E * T, so it is also capped in bytes.
 MASKED_MAX_TOKENS = 2048
-#: The largest bf16 masked input buffer (``E_local * round_up(T, 128) * H * 2``) the standard
-#: call allocates; DeepSeek-V3 EP 8 at 2048 tokens needs 0.94 GB.
-MASKED_MAX_BYTES = 1 << 30
+#: The most the masked path's buffers may hold at once (:meth:`DeepGemmRunner.masked_bytes`:
+#: the input, both GEMM outputs); DeepSeek-V3 EP 8 at 2048 tokens in bf16 needs 2.4 GB.
+MASKED_MAX_BYTES = 3 << 30
 
 
 class DeepGemmRunner(GroupedRunner):
@@ -81,11 +81,17 @@ class DeepGemmRunner(GroupedRunner):
         T = x.shape[0]
         if T == 0:
             return x.new_zeros(0, self.spec.hidden_size)
-        s = self.spec
-        masked_bytes = s.local_experts * round_up(T, MASKED_ROWS) * s.hidden_size * 2
-        masked = T <= self.masked_max_tokens and masked_bytes <= MASKED_MAX_BYTES
+        masked = T <= self.masked_max_tokens and self.masked_bytes(T) <= MASKED_MAX_BYTES
         run = self._standard_masked if masked else self._standard_contiguous
         return run(x, topk_weights, topk_ids)
+
+    def masked_bytes(self, tokens: int) -> int:
+        """Bytes of the masked path's buffers for ``tokens``: the input (fp8 or bf16), the
+        first GEMM's bf16 output and the second's, each ``[E_local, round_up(T, 128), ...]``."""
+        s = self.spec
+        rows = s.local_experts * round_up(tokens, MASKED_ROWS)
+        return rows * (s.hidden_size * (1 if self.fp8 else 2) + self.weights.w13.shape[1] * 2
+                       + s.hidden_size * 2)
 
     #: The token count up to which :meth:`__call__` takes the masked GEMMs.
     masked_max_tokens = MASKED_MAX_TOKENS

@@ -21,6 +21,8 @@ BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 #: The GEMM operand types a table distinguishes (the variant names).
 DTYPES = ("bf16", "fp8_block128")
 ELEMENT_BYTES = {"bf16": 2, "fp8_block128": 1}
+#: Activation and weight scales cover 128 columns of K: an FP8 step must divide it.
+FP8_SCALE_GROUP = 128
 CONFIG_DIR = Path(__file__).with_name("configs")
 #: A folder of tables to use instead of the shipped ones (a tuning run before it is committed).
 CONFIG_DIR_ENV = "MOE_TRITON_CONFIGS"
@@ -90,10 +92,13 @@ def default_config(rows_per_expert: float, dtype: str) -> TileConfig:
 
 def fit(config: TileConfig, dtype: str, shared_limit: int | None) -> TileConfig:
     """``config`` with fewer stages (then narrower tiles) until its pipeline fits in
-    ``shared_limit`` bytes (None: as it is). A tuned table never needs it on its own GPU."""
-    if shared_limit is None:
-        return config
+    ``shared_limit`` bytes (None: as it is). A tuned table never needs it on its own GPU.
+    FP8 steps never span two 128-wide scale groups: the kernel reads one scale per K step."""
     c = config
+    if dtype == "fp8_block128" and FP8_SCALE_GROUP % c.block_k:
+        c = dataclasses.replace(c, block_k=FP8_SCALE_GROUP)
+    if shared_limit is None:
+        return c
     while c.shared_bytes(dtype) > shared_limit:
         if c.num_stages > 2:
             c = dataclasses.replace(c, num_stages=c.num_stages - 1)
@@ -137,12 +142,12 @@ class ConfigTable:
         return cls.parse(json.loads(path.read_text()), str(path))
 
     def lookup(self, tokens: int, dtype: str, n: int, k: int) -> TileConfig | None:
-        """The tuned config of the smallest tuned bucket >= ``tokens`` (else the largest)."""
+        """The tuned config of the smallest tuned bucket >= ``tokens``; None above the largest
+        (decode tiles are wrong for prefill: the default rule serves what was not tuned)."""
         per_bucket = self.gemms.get(gemm_key(dtype, n, k))
         if not per_bucket:
             return None
-        keys = sorted(per_bucket)
-        return per_bucket[next((b for b in keys if b >= tokens), keys[-1])]
+        return next((per_bucket[b] for b in sorted(per_bucket) if b >= tokens), None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,13 +19,12 @@ Triton decides at decoration time whether a kernel runs in its CPU interpreter
 
 from __future__ import annotations
 
-import os
-
 import triton
 import triton.language as tl
 
 import torch
 
+from moe_core.kernels import interpreting
 from moe_core.sizes import cdiv
 from moe_core.spec import Activation
 
@@ -33,7 +32,7 @@ from moe_core.spec import Activation
 SILU, GELU_TANH, SWIGLU_CLAMP, SWIGLU_OAI, RELU2 = (tl.constexpr(i) for i in range(5))
 FP8_GROUP = 128
 #: Whether these kernels run in Triton's interpreter (tests on a CPU).
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+INTERPRET = interpreting()
 
 
 def activation_code(spec) -> int:
