@@ -1,6 +1,9 @@
 """The ceilings a benchmark divides by, measured on its own device in the same run.
 
 * HBM copy bandwidth: one large device-to-device copy, bytes read plus written per second.
+* HBM read bandwidth: one large reduction (``amax``) that reads every byte and writes one
+  value: what a decode layer does to its weights. On the H200 (2026-12-01) the copy measured
+  2.77 TB/s while MoE kernels read weights at 4.15 TB/s, so the copy is no decode ceiling.
 * Dense bf16 matmul rate: an 8192^3 ``torch.mm`` (NT, as weights are stored).
 * Dense fp8 matmul rate: an 8192^3 ``torch._scaled_mm`` on e4m3 with rowwise scales
   (tensorwise where this torch has no rowwise kernel; the result says which).
@@ -52,12 +55,20 @@ class Ceilings:
     device: str
     #: TB/s of a device-to-device copy (bytes read + bytes written).
     hbm_copy_tbps: float
+    #: TB/s of a read-only stream (None: not measured, e.g. an older JSON).
+    hbm_read_tbps: float | None = None
     bf16_tflops: float | None = None
     fp8_tflops: float | None = None
     #: How the fp8 GEMM was scaled: "rowwise", "tensorwise" (None: not measured).
     fp8_scaling: str | None = None
     #: How each number was measured, or why one is missing.
     notes: tuple[str, ...] = field(default=())
+
+    @property
+    def hbm_tbps(self) -> float:
+        """The HBM ceiling a layer's weight bytes per second are divided by: the faster of the
+        read stream (a layer reads its weights and writes little) and the copy."""
+        return max(self.hbm_read_tbps or 0.0, self.hbm_copy_tbps)
 
     def matmul_tflops(self, quant: Quant | str) -> float | None:
         """The dense matmul ceiling of ``quant``'s GEMMs (None: not measured here)."""
@@ -67,11 +78,13 @@ class Ceilings:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["notes"] = list(self.notes)
+        d["hbm_tbps"] = self.hbm_tbps
         return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "Ceilings":
-        return cls(**{**d, "notes": tuple(d.get("notes", ()))})
+        fields = {k: v for k, v in d.items() if k != "hbm_tbps"}
+        return cls(**{**fields, "notes": tuple(d.get("notes", ()))})
 
 
 def fraction(value: float | None, ceiling: float | None) -> float | None:
@@ -88,6 +101,14 @@ def _copy_tbps(nbytes: int, device: str) -> tuple[float, str]:
     t = time_call(lambda: dst.copy_(src), flush_l2=False)
     how = f"copy of {nbytes / 2**30:.2f} GiB, {t.timer}, median of {t.samples}"
     return 2 * nbytes / (t.ms * 1e-3) / 1e12, how
+
+
+def _read_tbps(nbytes: int, device: str) -> tuple[float, str]:
+    gen = torch.Generator(device=device).manual_seed(3)
+    src = torch.randn(nbytes // 2, device=device, generator=gen).to(torch.bfloat16)
+    t = time_call(lambda: torch.amax(src), flush_l2=False)
+    how = f"amax over {nbytes / 2**30:.2f} GiB, {t.timer}, median of {t.samples}"
+    return nbytes / (t.ms * 1e-3) / 1e12, how
 
 
 def _bf16_tflops(n: int) -> tuple[float, str]:
@@ -129,17 +150,23 @@ def measure(device: str | None = None) -> Ceilings:
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cpu":
         tbps, how = _copy_tbps(CPU_COPY_BYTES, "cpu")
-        return Ceilings("cpu", tbps, notes=(f"cpu {how}", "matmul ceilings are not measured on the CPU"))
+        read, read_how = _read_tbps(CPU_COPY_BYTES, "cpu")
+        return Ceilings("cpu", tbps, read, notes=(f"cpu {how}", f"cpu {read_how}",
+                                                  "matmul ceilings are not measured on the CPU"))
     tbps, copy_note = _copy_tbps(GPU_COPY_BYTES, device)
+    read, read_note = _read_tbps(GPU_COPY_BYTES, device)
     bf16, bf16_note = _bf16_tflops(MATMUL_N)
     fp8, scaling, fp8_note = _fp8_tflops(MATMUL_N)
     torch.cuda.empty_cache()
-    return Ceilings(torch.cuda.get_device_name(), tbps, bf16, fp8, scaling, (copy_note, bf16_note, fp8_note))
+    return Ceilings(torch.cuda.get_device_name(), tbps, read, bf16, fp8, scaling,
+                    (copy_note, read_note, bf16_note, fp8_note))
 
 
 def describe(c: Ceilings) -> str:
     """One line for a benchmark's header."""
     parts = [f"HBM copy {c.hbm_copy_tbps:.3g} TB/s"]
+    if c.hbm_read_tbps:
+        parts.append(f"HBM read {c.hbm_read_tbps:.3g} TB/s")
     if c.bf16_tflops:
         parts.append(f"bf16 mm {c.bf16_tflops:.0f} TFLOP/s")
     if c.fp8_tflops:

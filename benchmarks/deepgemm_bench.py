@@ -87,7 +87,7 @@ def main() -> None:
             gbs = wbytes[spec.quant.value] / ms / 1e6
             tflops = flops / ms / 1e9
             pct_mm = measured.fraction(tflops, ceil.matmul_tflops(spec.quant))
-            pct_hbm = measured.fraction(gbs / 1e3, ceil.hbm_copy_tbps)
+            pct_hbm = measured.fraction(gbs / 1e3, ceil.hbm_tbps)
             table.add_row(regime, str(rows), f"{backend} ({spec.quant.value})", f"{ms:.3f}", f"{tflops:.0f}",
                           f"{pct_mm:.0%}" if pct_mm is not None else "-", f"{gbs:.0f}",
                           f"{pct_hbm:.0%}" if pct_hbm is not None else "-", f"{first:.2f}")

@@ -72,7 +72,7 @@ def _row(table, label, spec, layer, tokens, backend, wbytes, contiguous=False):
     tflops = flops / ms / 1e9
     gbs = wbytes / ms / 1e6
     pct_mm = measured.fraction(tflops, CEILINGS.matmul_tflops(spec.quant))
-    pct_hbm = measured.fraction(gbs / 1e3, CEILINGS.hbm_copy_tbps)
+    pct_hbm = measured.fraction(gbs / 1e3, CEILINGS.hbm_tbps)
     table.add_row(label, str(tokens), str(rows), str(backend), f"{ms:.3f}", f"{tflops:.0f}",
                   f"{pct_mm:.0%}" if pct_mm is not None else "-", f"{gbs:.0f}",
                   f"{pct_hbm:.0%}" if pct_hbm is not None else "-", f"{first:.2f}")

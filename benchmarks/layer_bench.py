@@ -11,10 +11,10 @@ top-k), uniform random routing with a fixed seed, random data.
 
 Per row: ms (CUDA-graph replays where the call captures, else eager; which one is recorded,
 with the capture error), the weight bytes of the experts the routing hits (counted once),
-TB/s and the share of the HBM copy bandwidth, TFLOP/s and the share of the dtype's dense
-matmul rate (both ceilings measured in this run, benchmarks/ceilings.py), the ratio to the
-fastest row of the same shape, dtype and tokens, and the relative error of the first
-tokens against the float64 reference. A row that cannot run says why.
+TB/s and the share of the measured HBM bandwidth (the faster of a read stream and a copy),
+TFLOP/s and the share of the dtype's dense matmul rate (both ceilings measured in this run,
+benchmarks/ceilings.py), the ratio to the fastest row of the same shape, dtype and tokens,
+and the relative error of the first tokens against the float64 reference. A row that cannot run says why.
 
     python benchmarks/layer_bench.py --out layer.json            # every shape (GPU)
     python benchmarks/layer_bench.py --shapes qwen3-30b-a3b --quants bf16 --tokens 1,64,4096
@@ -169,7 +169,7 @@ def fill_rates(row: Row, flops: int, ceil: measured.Ceilings) -> None:
     seconds = row.ms * 1e-3
     row.tbps = row.weight_bytes / seconds / 1e12
     row.tflops = flops / seconds / 1e12
-    row.pct_hbm = measured.fraction(row.tbps, ceil.hbm_copy_tbps)
+    row.pct_hbm = measured.fraction(row.tbps, ceil.hbm_tbps)
     row.pct_matmul = measured.fraction(row.tflops, ceil.matmul_tflops(row.quant))
 
 
@@ -546,7 +546,7 @@ def print_tables(rows: list[Row], ceil: dict, env: dict) -> None:
         Console = None
     print(f"{env.get('device')}: {measured.describe(measured.Ceilings.from_dict(ceil))}")
     panels = dict.fromkeys((r.shape, r.quant) for r in rows)
-    cols = ("tokens", "rows", "contender", "backend", "ms", "graph", "TB/s", "% HBM copy", "TFLOP/s",
+    cols = ("tokens", "rows", "contender", "backend", "ms", "graph", "TB/s", "% HBM", "TFLOP/s",
             "% matmul", "x fastest", "rel err", "note")
     for shape, quant in panels:
         timed = sorted((r for r in rows if (r.shape, r.quant) == (shape, quant) and r.ms is not None),

@@ -45,6 +45,11 @@ def test_rates_and_fractions_of_the_measured_ceilings():
     cpu = ceilings.Ceilings("cpu", hbm_copy_tbps=10.0)
     lb.fill_rates(fp8, flops=8 * 10**11, ceil=cpu)
     assert fp8.pct_matmul is None and math.isclose(fp8.pct_hbm, 0.1)
+    # a measured read stream is the ceiling of a layer that streams its weights
+    read = ceilings.Ceilings("dev", hbm_copy_tbps=2.0, hbm_read_tbps=4.0)
+    lb.fill_rates(bf16, flops=4 * 10**11, ceil=read)
+    assert math.isclose(bf16.pct_hbm, 0.75)
+    assert ceilings.Ceilings.from_dict(read.to_dict()) == read
 
 
 def test_weight_bytes_count_each_hit_local_expert_once():
@@ -139,7 +144,7 @@ def test_smoke_rows_every_contender_at_every_token_count_with_a_reason_when_not_
 
 def test_smoke_arithmetic_recomputed_here(smoke):
     _, data = smoke
-    hbm = data["ceilings"]["hbm_copy_tbps"]
+    hbm = data["ceilings"]["hbm_tbps"]
     shape = lb.SMOKE_SHAPES["tiny-qwen3"]
     _, k, H, I = shape.tiny
     # bf16: w13 [2I, H] + w2 [H, I] at 2 bytes; fp8: 1 byte each, plus fp32 128x128-block
