@@ -14,7 +14,8 @@ with the capture error), the weight bytes of the experts the routing hits (count
 TB/s and the share of the measured HBM bandwidth (the faster of a read stream and a copy),
 TFLOP/s and the share of the dtype's dense matmul rate (both ceilings measured in this run,
 benchmarks/ceilings.py), the ratio to the fastest row of the same shape, dtype and tokens,
-and the relative error of the first tokens against the float64 reference. A row that cannot run says why.
+and the relative error of the first tokens against the float64 reference. A row that
+cannot run says why.
 
     python benchmarks/layer_bench.py --out layer.json            # every shape (GPU)
     python benchmarks/layer_bench.py --shapes qwen3-30b-a3b --quants bf16 --tokens 1,64,4096
