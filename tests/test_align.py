@@ -124,3 +124,11 @@ def test_rejects_a_bad_block():
         align_by_expert(torch.zeros(2, 2, dtype=torch.int64), 0, 4, 0)
     with pytest.raises(ValueError, match="max_m"):
         align_masked(torch.zeros(2, 2, dtype=torch.int64), 0, 4, 0)
+
+
+def test_expert_of_rows_reads_the_offsets():
+    from moe_core.runner import expert_of_rows
+
+    offsets = torch.tensor([0, 2, 2, 5, 6])  # expert 1 has no rows
+    assert expert_of_rows(offsets, 6).tolist() == [0, 0, 2, 2, 2, 3]
+    assert expert_of_rows(offsets, 0).tolist() == []

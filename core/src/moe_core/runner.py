@@ -97,6 +97,13 @@ def offsets_from_counts(counts: torch.Tensor) -> torch.Tensor:
     return offsets
 
 
+def expert_of_rows(offsets: torch.Tensor, rows: int) -> torch.Tensor:
+    """``[rows]`` int64: the local expert of each row of a contiguous layout delimited by
+    ``offsets [E + 1]`` (on the device, no host synchronisation)."""
+    arange = torch.arange(rows, device=offsets.device)
+    return torch.searchsorted(offsets[1:].contiguous(), arange, right=True).clamp(max=offsets.numel() - 2)
+
+
 def group_by_expert(topk_ids: torch.Tensor, first_expert: int, num_local: int):
     """Order the (token, slot) pairs routed to this rank's experts by local expert.
 

@@ -7,7 +7,7 @@ import torch
 from moe_core.activations import apply_activation
 from moe_core.kernels.group_quant import quantize_groups
 from moe_core.kernels.permute import permute_contiguous, permute_masked, unpermute
-from moe_core.runner import GroupedRunner, masked_layout, valid_rows
+from moe_core.runner import GroupedRunner, expert_of_rows, masked_layout, valid_rows
 from moe_core.sizes import cdiv, round_up
 from moe_core.spec import Quant
 
@@ -129,8 +129,8 @@ class DeepGemmRunner(GroupedRunner):
             return x.new_zeros(0, self.spec.hidden_size)
         # Rows already grouped: each row's expert as a top-1 routing, through the same
         # permute as the standard layout (no host synchronisation).
-        expert = torch.searchsorted(offsets[1:].contiguous(), torch.arange(N, device=x.device), right=True)
-        p = permute_contiguous(x, expert.clamp(max=E - 1).view(N, 1), 0, E, self.align, fp8=self.fp8)
+        expert = expert_of_rows(offsets, N)
+        p = permute_contiguous(x, expert.view(N, 1), 0, E, self.align, fp8=self.fp8)
         return self._contiguous_gemms(p.rows, p.m_indices).index_select(0, p.slot_rows.long())
 
     def run_masked(self, x: torch.Tensor, masked_m: torch.Tensor) -> torch.Tensor:
@@ -191,7 +191,7 @@ class DeepGemmRunner(GroupedRunner):
         counts = offsets.diff()
         padded = (counts + self.align - 1) // self.align * self.align
         starts = padded.cumsum(0) - padded
-        expert = torch.repeat_interleave(torch.arange(E, device=offsets.device), counts, output_size=n)
+        expert = expert_of_rows(offsets, n)
         dst = starts[expert] + torch.arange(n, device=offsets.device) - offsets[:-1][expert]
         rows = int(padded.sum())
         m_indices = torch.full((rows,), -1, dtype=torch.int32, device=offsets.device)

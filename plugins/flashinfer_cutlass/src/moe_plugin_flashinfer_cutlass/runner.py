@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from moe_core.runner import GroupedRunner
+from moe_core.runner import GroupedRunner, expert_of_rows
 from moe_core.spec import Activation
 
 from .build import load
@@ -50,6 +50,5 @@ class CutlassFusedMoeRunner(GroupedRunner):
         return out
 
     def run_contiguous(self, x: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
-        experts = torch.arange(self.spec.local_experts, device=x.device) + self.spec.first_expert
-        ids = torch.repeat_interleave(experts, offsets.diff(), output_size=x.shape[0])[:, None]
+        ids = (expert_of_rows(offsets, x.shape[0]) + self.spec.first_expert)[:, None]
         return self(x, torch.ones_like(ids, dtype=torch.float32), ids)

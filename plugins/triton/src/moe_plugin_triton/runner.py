@@ -13,7 +13,7 @@ import torch
 from moe_core.kernels.align import AlignedRoutes, align_by_expert
 from moe_core.kernels.combine import weighted_reduce
 from moe_core.kernels.group_quant import quantize_groups
-from moe_core.runner import GroupedRunner
+from moe_core.runner import GroupedRunner, expert_of_rows
 from moe_core.sizes import cdiv
 from moe_core.spec import Quant
 
@@ -101,7 +101,7 @@ class TritonMoeRunner(GroupedRunner):
         if n == 0:
             return x.new_empty(0, self.hidden)
         s = self.spec
-        local = torch.searchsorted(offsets[1:], torch.arange(n, device=x.device), right=True)
+        local = expert_of_rows(offsets, n)
         # The tables are keyed by standard-layout tokens: n rows over the local experts are
         # what n * ep_size / top_k tokens route to them.
         cfg = self.configs(max(1, cdiv(n * s.ep_size, s.top_k)))
