@@ -28,6 +28,7 @@ from rich.table import Table
 
 from common import timed
 
+from moe_core.graphs import capture
 from moe_core.kernels.group_quant import quantize_groups
 from moe_core.kernels.permute import permute_contiguous, permute_masked, unpermute
 from moe_core.runner import combine, contiguous_layout
@@ -47,17 +48,8 @@ def routing(T: int, seed: int = 0):
 
 
 def graph_ms(fn, iters: int = 50) -> float:
-    """ms per replay of ``fn`` captured in a CUDA graph (after an eager warm-up)."""
-    fn()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    return timed(graph.replay, iters)[0]
+    """ms per replay of ``fn`` captured in a CUDA graph (warmed up outside the capture)."""
+    return timed(capture(fn).replay, iters)[0]
 
 
 # -- the path this replaces (main before issue 13): host syncs, index_put, argsort --------

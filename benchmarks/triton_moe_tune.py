@@ -27,10 +27,14 @@ from pathlib import Path
 import torch
 
 from moe_core import spec_for_model
+from moe_core.graphs import capture
 from moe_core.kernels.align import align_by_expert, align_torch
 from moe_core.kernels.group_quant import quantize_groups
 from moe_plugin_triton import constraints
 from moe_plugin_triton.configs import CONFIG_DIR_ENV, TileConfig, gemm_key, table_name
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import ceilings as measured  # noqa: E402
 
 NEMOTRON = "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16"
 SHAPES = {
@@ -65,12 +69,7 @@ def block_ms(rows_per_expert: float, prefill: bool) -> list[int]:
 
 def graph_time_us(fn, launches: int = 10, replays: int = 5) -> float:
     """Microseconds per call: CUDA events around replays of a graph of ``launches`` calls."""
-    fn()  # compile outside the capture
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(launches):
-            fn()
+    graph = capture(lambda: [fn() for _ in range(launches)], warmups=1)  # compiles outside
     graph.replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
@@ -79,32 +78,6 @@ def graph_time_us(fn, launches: int = 10, replays: int = 5) -> float:
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) * 1000 / (launches * replays)
-
-
-def copy_bandwidth_gbs() -> float:
-    """Measured device-to-device copy bandwidth (read + write bytes)."""
-    src = torch.empty(2 * 1024**3, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    us = graph_time_us(lambda: dst.copy_(src), launches=3, replays=3)
-    return 2 * src.numel() / us / 1e3
-
-
-def make_weights(spec, dtype: str):
-    """Random weights straight on the GPU (timing only: values need not be the reference's)."""
-    E, R, H, I = spec.local_experts, spec.w13_rows, spec.hidden_size, spec.intermediate_per_partition
-    dev = "cuda"
-    w = {"w13": torch.randn(E, R, H, device=dev) / math.sqrt(H), "w2": torch.randn(E, H, I, device=dev) / math.sqrt(I)}
-    if dtype == "fp8_block128":
-        w = {k: v.to(torch.float8_e4m3fn) for k, v in w.items()}
-        halves = 2 if spec.activation.gated else 1
-        w["w13_scale"] = torch.rand(E, halves * -(-I // 128), -(-H // 128), device=dev) + 0.5
-        w["w2_scale"] = torch.rand(E, -(-H // 128), -(-I // 128), device=dev) + 0.5
-    else:
-        w = {k: v.to(torch.bfloat16) for k, v in w.items()}
-    if spec.has_bias:
-        w["w13_bias"] = torch.randn(E, R, device=dev) * 0.1
-        w["w2_bias"] = torch.randn(E, H, device=dev) * 0.1
-    return w
 
 
 def routing(spec, tokens: int, seed: int = 0):
@@ -182,7 +155,7 @@ def main() -> None:
     t0 = time.time()
     device = torch.cuda.get_device_name()
     args.out.mkdir(parents=True, exist_ok=True)
-    bw = copy_bandwidth_gbs()
+    bw = measured.measure("cuda").hbm_copy_tbps * 1e3  # GB/s, the ceilings every bench uses
     print(f"{device}: copy bandwidth {bw:.0f} GB/s (read + write); triton {kernels.triton.__version__}")
     buckets = [int(b) for b in args.buckets.split(",")]
     gemms: dict[str, dict[str, dict]] = {}
