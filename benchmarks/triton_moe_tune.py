@@ -35,6 +35,7 @@ from moe_plugin_triton.configs import CONFIG_DIR_ENV, TileConfig, gemm_key, tabl
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ceilings as measured  # noqa: E402
+import layer_bench  # noqa: E402
 
 NEMOTRON = "nvidia/NVIDIA-Nemotron-3-Nano-30B-A3B-BF16"
 SHAPES = {
@@ -63,7 +64,7 @@ def block_ms(rows_per_expert: float, prefill: bool) -> list[int]:
     if rows_per_expert <= 8:
         return [16]
     if rows_per_expert <= 24:
-        return [16, 32]
+        return [16, 32, 64]
     return [32, 64] if rows_per_expert <= 64 else [64]
 
 
@@ -80,11 +81,11 @@ def graph_time_us(fn, launches: int = 10, replays: int = 5) -> float:
     return start.elapsed_time(end) * 1000 / (launches * replays)
 
 
-def routing(spec, tokens: int, seed: int = 0):
-    gen = torch.Generator(device="cuda").manual_seed(seed)
-    logits = torch.rand(tokens, spec.num_experts, device="cuda", generator=gen)
-    weights, ids = torch.softmax(logits, -1).topk(spec.top_k, dim=-1)
-    return weights / weights.sum(-1, keepdim=True), ids
+def routing(spec, tokens: int):
+    """``(topk_weights, topk_ids)`` as layer_bench draws them (top-k over the local experts:
+    a rank's load after dispatch), so the tiles are tuned for the routing they are timed on."""
+    _, weights, ids = layer_bench.routed_inputs(spec, tokens, "cuda")
+    return weights, ids
 
 
 def tune_bucket(kernels, spec, dtype, w, tokens):
@@ -97,7 +98,7 @@ def tune_bucket(kernels, spec, dtype, w, tokens):
     prefill = tokens > 256
     tiles = (PREFILL_TILES if prefill else DECODE_TILES)[dtype]
     out = {}
-    for bm in block_ms(tokens * k / spec.num_experts, prefill):
+    for bm in block_ms(tokens * k / spec.local_experts, prefill):
         routes = align_by_expert(ids, spec.first_expert, spec.local_experts, bm)
         rows, n = routes.sorted_slots.shape[0], ids.numel()
         h = torch.empty(rows, w["w13"].shape[1], dtype=torch.bfloat16, device="cuda")

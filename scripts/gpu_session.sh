@@ -25,9 +25,10 @@ export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVL
 export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1 CUDA_HOME=/usr/local/cuda MAX_JOBS=16 \
        FLASHINFER_WORKSPACE_BASE=/tmp/fiws FLASHINFER_CUDA_ARCH_LIST=9.0a MOE_CORE_CACHE=/tmp/moecache \
        MOE_HOOK_TIMEOUT=60 DE_LOG=$W/deepep-build.log DG_LOG=$W/deepgemm-build.log
-SHAPES_A=${SHAPES_A:-deepseek-v3-ep8,qwen3-30b-a3b}
+SHAPES_A=${SHAPES_A:-deepseek-v3-ep8,qwen3-30b-a3b}  # lane A also tunes the Triton tiles for all four
 SHAPES_B=${SHAPES_B:-gpt-oss-20b,nemotron-3-nano-tp8}
-TUNE_ARGS=${TUNE_ARGS:-}
+TUNE_ARGS=${TUNE_ARGS:---buckets 1,4,16,64,128,256,512,2048}
+LB_TOKENS=${LB_TOKENS:-1,4,16,64,256,512,2048}  # 2,048 tokens at top-8 = 16K routed rows
 NGPU=$(nvidia-smi -L | wc -l)
 
 stage() { echo "$(date -u +%T) $*" | tee -a "$W/stages.txt"; }
@@ -52,20 +53,21 @@ builds() {
 lane_a() {
     step triton_tune 420 python3 benchmarks/triton_moe_tune.py --out "$W/triton" $TUNE_ARGS
     [ -f "$W/triton/NVIDIA_H200.json" ] && export MOE_TRITON_CONFIGS=$W/triton
-    step layer_bench_a 900 python3 benchmarks/layer_bench.py --shapes "$SHAPES_A" --out "$W/layer_bench_a.json"
+    step layer_bench_a 900 python3 benchmarks/layer_bench.py --shapes "$SHAPES_A" --tokens "$LB_TOKENS" --out "$W/layer_bench_a.json"
     step permute_bench 300 python3 benchmarks/permute_bench.py --out "$W/permute_bench.json"
 }
 
-tests_b() {
-    step gpu_tests 900 python3 -m pytest -m gpu tests plugins -v -s -rs -p no:cacheprovider \
-        --moe-conformance= --ignore=tests/test_gpu_ep.py --ignore=tests/test_gpu_transformers_ep.py
-    step kit 300 python3 -m pytest -p no:cacheprovider -q -rs \
+tests_b() {  # the GPU tests (4 pytest-xdist workers: mostly JIT compiles) beside the kit
+    step gpu_tests 900 python3 -m pytest -m gpu tests plugins -n 4 -rA --durations=25 -p no:cacheprovider \
+        --moe-conformance= --ignore=tests/test_gpu_ep.py --ignore=tests/test_gpu_transformers_ep.py &
+    step kit 600 python3 -m pytest -p no:cacheprovider -q -rs \
         --moe-conformance=reference,deepgemm,flashinfer_cutlass,triton -k "sm90" \
-        "$(python3 -c 'import moe_core.conformance.pytest_plugin as p; print(p.KIT)')"
+        "$(python3 -c 'import moe_core.conformance.pytest_plugin as p; print(p.KIT)')" &
+    wait
 }
 
 bench_b() {
-    step layer_bench_b 900 python3 benchmarks/layer_bench.py --shapes "$SHAPES_B" --out "$W/layer_bench_b.json"
+    step layer_bench_b 900 python3 benchmarks/layer_bench.py --shapes "$SHAPES_B" --tokens "$LB_TOKENS" --out "$W/layer_bench_b.json"
     step transformers_1gpu 420 python3 benchmarks/transformers_bench.py --preset qwen3-30b-a3b,deepseek-v3-64e \
         --out "$W/transformers_1gpu.json" --plot "$W/transformers_1gpu.png"
 }

@@ -155,12 +155,22 @@ def test_a_device_table_overrides_the_rule_and_both_gemms_share_block_m(tmp_path
     assert table.lookup(5, "bf16", 1536, 2048) == tuned and table.lookup(5, "fp8_block128", 1536, 2048) is None
     # past the largest bucket tuned: the default rule, not decode tiles for a prefill
     assert table.lookup(4096, "bf16", 1536, 2048) is None
-    got = layer_configs(table, 5, dtype="bf16", top_k=8, num_experts=128, gemm1=(1536, 2048), gemm2=(2048, 768))
+    got = layer_configs(table, 5, dtype="bf16", top_k=8, local_experts=128, gemm1=(1536, 2048), gemm2=(2048, 768))
     assert got.gemm1 == tuned and got.gemm2.block_m == 32 and got.gemm2.block_n == 64
     assert got.origin == ("tuned", "tuned")
-    other = layer_configs(table, 5, dtype="bf16", top_k=8, num_experts=128, gemm1=(4096, 7168), gemm2=(7168, 2048))
+    other = layer_configs(table, 5, dtype="bf16", top_k=8, local_experts=128, gemm1=(4096, 7168), gemm2=(7168, 2048))
     assert other.origin == ("default", "default")
     assert "default rule" in ConfigTable.for_device("NVIDIA A100-SXM4-80GB").source
+
+
+def test_default_rule_reads_the_rows_each_local_expert_gets():
+    """Untuned shapes size row tiles by ``tokens * top_k / local_experts`` (a rank's load after
+    dispatch): DeepSeek-V3 under EP 8 at 256 tokens is 64 rows per local expert, not 8."""
+    table = ConfigTable({})
+    ep8 = dict(dtype="bf16", top_k=8, local_experts=32, gemm1=(4096, 7168), gemm2=(7168, 2048))
+    assert layer_configs(table, 256, **ep8).gemm1.block_m == 64
+    assert layer_configs(table, 16, **ep8).gemm1.block_m == 16
+    assert layer_configs(table, 128, **ep8).gemm2.block_m == layer_configs(table, 128, **ep8).gemm1.block_m
 
 
 def test_fp8_steps_never_span_two_scale_groups():
