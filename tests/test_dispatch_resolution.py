@@ -66,9 +66,19 @@ def test_a_runner_whose_dispatch_no_dispatcher_delivers_falls_through_with_reaso
     assert k.status == DECLINED and k.code is Reason.NO_DISPATCHER
     assert "no dispatcher delivers torch_a2a masked nvfp4" in k.reason
     torch_no = next(c for c in host._dispatchers_for(spec, res.plan.dispatch.__class__(
-        spec.a2a, Layout.MASKED, Wire.NVFP4, spec.max_tokens), [], host.env)
+        spec.a2a, Layout.MASKED, Wire.NVFP4, spec.max_tokens, True), [], host.env)
         if c.plugin == "torch")
     assert torch_no.code is Reason.WIRE_UNSUPPORTED
+
+
+def test_an_nvfp4_wire_config_that_would_dequantize_is_refused():
+    """NVFP4 cannot be dequantized on arrival: quantized_delivery decides delivery, and a
+    config saying otherwise is an error, not silently flipped."""
+    from moe_core.dispatch import DispatchConfig
+
+    with pytest.raises(ValueError, match="nvfp4 wire cannot be dequantized"):
+        DispatchConfig(EP.a2a, Layout.MASKED, Wire.NVFP4, 64)
+    assert DispatchConfig(EP.a2a, Layout.MASKED, Wire.NVFP4, 64, True).deliver_quantized
 
 
 @pytest.mark.parametrize("a2a, layout", [("torch_a2a", Layout.STANDARD),

@@ -15,8 +15,8 @@ class DispatchConfig:
     format, the most tokens a rank sends per forward, and whether the runner receives the
     wire tensors themselves (``Dispatched.quantized``) instead of dequantized ``x``.
 
-    ``deliver_quantized`` is derived by the host (:func:`moe_core.tokens.quantized_delivery`);
-    a wire that cannot be dequantized (NVFP4) always sets it.
+    ``deliver_quantized`` is derived by the host (:func:`moe_core.tokens.quantized_delivery`,
+    the one place that decides it); a config contradicting it is refused here.
     """
 
     mode: A2A
@@ -29,8 +29,9 @@ class DispatchConfig:
         object.__setattr__(self, "mode", A2A(self.mode))
         object.__setattr__(self, "layout", Layout(self.layout))
         object.__setattr__(self, "wire", Wire(self.wire))
-        if not self.wire.dequantizable:
-            object.__setattr__(self, "deliver_quantized", True)
+        if not self.deliver_quantized and not self.wire.dequantizable:
+            raise ValueError(f"the {self.wire} wire cannot be dequantized: expected "
+                             "deliver_quantized=True (see moe_core.tokens.quantized_delivery)")
         if self.deliver_quantized and not self.wire.quantized:
             raise ValueError(f"deliver_quantized with the {self.wire} wire: there is nothing "
                              "quantized to deliver (expected a quantized wire, e.g. fp8)")

@@ -89,7 +89,7 @@ def test_normal_mode_does_not_deliver_the_masked_layout_or_nvfp4(deep_ep_present
     spec = SPEC.replace(a2a="deepep_normal")
     masked = verdicts(spec, cfg(spec, layout="masked"))["normal"]
     assert masked.code is Reason.LAYOUT_UNSUPPORTED and "delivers the standard/contiguous layout" in masked.reason
-    nvfp4 = verdicts(spec, cfg(spec, wire="nvfp4"))["normal"]
+    nvfp4 = verdicts(spec, cfg(spec, wire="nvfp4", deliver_quantized=True))["normal"]
     assert nvfp4.code is Reason.WIRE_UNSUPPORTED and "moves bf16/fp8/fp8_ue8m0" in nvfp4.reason
 
 
@@ -108,11 +108,11 @@ def test_fp8_dispatch_passes_the_runners_scale_options():
 
 def test_nvfp4_dispatch_passes_the_input_global_scale():
     scale = torch.tensor([0.5])
-    kw = low_latency_kwargs(cfg(wire="nvfp4"), scale)
+    kw = low_latency_kwargs(cfg(wire="nvfp4", deliver_quantized=True), scale)
     assert kw.keys() == {"use_fp8", "use_nvfp4", "x_global_scale"} and kw["x_global_scale"] is scale
     assert kw["use_fp8"] is False and kw["use_nvfp4"] is True
     with pytest.raises(InputError, match="no x_global_scale was given"):
-        low_latency_kwargs(cfg(wire="nvfp4"))
+        low_latency_kwargs(cfg(wire="nvfp4", deliver_quantized=True))
 
 
 def test_the_plan_wire_reaches_deepep_unchanged(deep_ep_present):
