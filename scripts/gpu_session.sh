@@ -3,14 +3,16 @@
 # machine by scripts/build_carry.sh (our wheels), fetch_deepgemm.sh, fetch_flashinfer.sh,
 # fetch_transformers.sh, fetch_vllm.sh and, for two GPUs, fetch_deepep.sh).
 #   builds      DeepGEMM, the FlashInfer CUTLASS kinds and (two GPUs) DeepEP, side by side
-#   lane A      the Triton tile tuning (its table is used by every later step of the lane),
+#   lane A      the Triton tile tuning (its table is used by every later benchmark),
 #               benchmarks/layer_bench.py on $SHAPES_A, benchmarks/permute_bench.py
-#   lane B      every one-GPU test (pytest -m gpu), the conformance kit on SM90, then
-#               layer_bench on $SHAPES_B, benchmarks/transformers_bench.py
+#   lane B      every one-GPU test (pytest -m gpu, 4 workers) beside the conformance kit on
+#               SM90, then layer_bench on $SHAPES_B, benchmarks/transformers_bench.py
 #   ep          (two GPUs) DeepEP's own tests, the EP GPU tests, tests/ep_worker.py over NCCL,
 #               benchmarks/dispatch_bench.py, transformers' EP=2 benchmark
-# With two GPUs lanes A and B run at once, one GPU each; with one, B's tests, A, B's benches. Each step
-# has a time limit; nothing later depends on an earlier step passing.
+# With two GPUs lanes A and B run at once, one GPU each (B's benchmarks wait for A's tuning);
+# with one: the tests, the tuning, layer_bench A then B, transformers, permute_bench (most
+# wanted first, in case the device time runs out). Each step has a time limit; nothing later
+# depends on an earlier step passing.
 # The whole outlives one 10-minute device command, so it runs detached and is polled:
 #   bash scripts/gpu_session.sh start 540   # install, launch, poll up to 540 s
 #   bash scripts/gpu_session.sh poll 560    # later calls on the same warm machine
@@ -31,6 +33,11 @@ TUNE_ARGS=${TUNE_ARGS:---buckets 1,4,16,64,128,256,512,2048}
 LB_TOKENS=${LB_TOKENS:-1,4,16,64,256,512,2048}  # 2,048 tokens at top-8 = 16K routed rows
 NGPU=$(nvidia-smi -L | wc -l)
 
+wait_for() {  # wait_for STEP: until the other lane has logged STEP's exit (then use its table)
+    until grep -q "$1 rc=" "$W/stages.txt" 2>/dev/null; do sleep 5; done
+    [ -f "$W/triton/NVIDIA_H200.json" ] && export MOE_TRITON_CONFIGS=$W/triton
+}
+
 stage() { echo "$(date -u +%T) $*" | tee -a "$W/stages.txt"; }
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $W/NAME.txt, record rc
     local name=$1 limit=$2; shift 2
@@ -50,10 +57,16 @@ builds() {
     [ "$NGPU" -ge 2 ] && [ -d .carry/deepep ] && { source scripts/gpu_build_deepep.sh && stage "deepep built" || stage "deepep build FAILED"; }
 }
 
-lane_a() {
+tune() {  # the Triton tile table every later step uses
     step triton_tune 420 python3 benchmarks/triton_moe_tune.py --out "$W/triton" $TUNE_ARGS
     [ -f "$W/triton/NVIDIA_H200.json" ] && export MOE_TRITON_CONFIGS=$W/triton
+}
+
+lane_a() {
     step layer_bench_a 900 python3 benchmarks/layer_bench.py --shapes "$SHAPES_A" --tokens "$LB_TOKENS" --out "$W/layer_bench_a.json"
+}
+
+permute() {
     step permute_bench 300 python3 benchmarks/permute_bench.py --out "$W/permute_bench.json"
 }
 
@@ -69,7 +82,7 @@ tests_b() {  # the GPU tests (4 pytest-xdist workers: mostly JIT compiles) besid
 bench_b() {
     step layer_bench_b 900 python3 benchmarks/layer_bench.py --shapes "$SHAPES_B" --tokens "$LB_TOKENS" --out "$W/layer_bench_b.json"
     step transformers_1gpu 420 python3 benchmarks/transformers_bench.py --preset qwen3-30b-a3b,deepseek-v3-64e \
-        --out "$W/transformers_1gpu.json" --plot "$W/transformers_1gpu.png"
+        --prefill 512,2048 --out "$W/transformers_1gpu.json" --plot "$W/transformers_1gpu.png"
 }
 
 ep() {
@@ -92,10 +105,11 @@ pipeline() {
     builds
     step plugins 120 python3 -m moe_core.cli plugins
     if [ "$NGPU" -ge 2 ]; then
-        (export CUDA_VISIBLE_DEVICES=0; lane_a) & (export CUDA_VISIBLE_DEVICES=1; tests_b; bench_b) & wait
+        (export CUDA_VISIBLE_DEVICES=0; tune; lane_a; permute) &
+        (export CUDA_VISIBLE_DEVICES=1; tests_b; wait_for triton_tune; bench_b) & wait
         ep
     else  # correctness first: a benchmark of a wrong kernel is worth nothing
-        tests_b; lane_a; bench_b
+        tests_b; tune; lane_a; bench_b; permute
     fi
     touch "$W/done"
 }
