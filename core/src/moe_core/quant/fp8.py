@@ -21,6 +21,7 @@ def quantize_fp8_blockwise(x: torch.Tensor, bn: int | None, bk: int | None, *, u
     """Quantize the last two dims of ``x`` in blocks of ``bn x bk`` (None: the whole dim).
 
     ``ue8m0`` rounds each scale up to a power of two (what UE8M0 scale storage can hold).
+    The Triton kernels spell the same arithmetic once, in :mod:`moe_core.kernels.triton_fp8`.
 
     :return: ``(q, scale)``: ``q`` e4m3fn shaped like ``x``; ``scale`` fp32 of shape
         ``[..., ceil(N/bn), ceil(K/bk)]``. Ragged edge blocks are scaled by their own amax.
