@@ -81,5 +81,5 @@ def test_the_interpreted_quantization_is_torchs_byte_for_byte():
     pytest.importorskip("triton", reason="triton is in requirements-dev.txt")
     env = dict(os.environ, TRITON_INTERPRET="1")
     done = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, check=False)
     assert done.returncode == 0 and "same" in done.stdout, done.stderr[-3000:]
