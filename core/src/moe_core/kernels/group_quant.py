@@ -3,7 +3,8 @@
 One Triton kernel reads rows ``x[src[i]]`` (``src[i] < 0``: a zero padding row), so the
 scatter into DeepGEMM's aligned contiguous layout and the quantization are one pass; it
 writes fp32 scales MN-major (a ``[..., G, M]`` buffer seen as ``[..., M, G]``), the layout
-DeepGEMM's SM90 kernels read without a re-layout. Needs K % 128 == 0.
+DeepGEMM's SM90 kernels read without a re-layout. Needs K % 128 == 0. The quantization is
+:mod:`.triton_fp8`'s (the arithmetic of :func:`moe_core.quant.fp8.quantize_fp8_blockwise`).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..quant.fp8 import quantize_fp8_blockwise
+from . import interpreting
 
 GROUP, BLOCK_M = 128, 32
 _compiled = None
@@ -20,9 +22,15 @@ def _kernel():
     import triton
     import triton.language as tl
 
+    # Module globals, not locals: Triton's interpreter runs a kernel against its module's
+    # globals (a closure's names are not seen), and this kernel is defined in a function.
+    global fp8_grid_values, fp8_group_scales
+    from .triton_fp8 import fp8_grid_values, fp8_group_scales
+
     @triton.jit
     def group_quant(x_ptr, src_ptr, cnt_ptr, q_ptr, s_ptr, M, K, rows_in,
-                    HAS_SRC: tl.constexpr, HAS_CNT: tl.constexpr, BM: tl.constexpr, GS: tl.constexpr):
+                    HAS_SRC: tl.constexpr, HAS_CNT: tl.constexpr, BM: tl.constexpr,
+                    GS: tl.constexpr, INTERPRETED: tl.constexpr):
         pid_m, g, batch = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         G = K // GS
         rows = pid_m * BM + tl.arange(0, BM)
@@ -39,8 +47,8 @@ def _kernel():
             src_row = batch.to(tl.int64) * rows_in + rows.to(tl.int64)
         x = tl.load(x_ptr + src_row[:, None] * K + cols[None, :], mask=valid[:, None], other=0.0)
         x = x.to(tl.float32)
-        scale = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-12) / 448.0
-        q = tl.minimum(tl.maximum(x / scale[:, None], -448.0), 448.0)
+        scale = fp8_group_scales(x, AXIS=1, UE8M0=False)
+        q = fp8_grid_values(x, scale, AXIS=1, INTERPRETED=INTERPRETED)
         out_row = batch.to(tl.int64) * M + rows.to(tl.int64)
         tl.store(q_ptr + out_row[:, None] * K + cols[None, :], q.to(tl.float8e4nv), mask=in_range[:, None])
         tl.store(s_ptr + batch.to(tl.int64) * G * M + g * M + rows, scale, mask=in_range)
@@ -73,6 +81,7 @@ def quantize_groups(x: torch.Tensor, src: torch.Tensor | None = None, counts: to
         grid = (-(-M // BLOCK_M), K // GROUP, E)
         _compiled[grid](x, src if src is not None else x, counts if counts is not None else x,
                         q, s, M, K, x.shape[-2], HAS_SRC=src is not None,
-                        HAS_CNT=counts is not None, BM=BLOCK_M, GS=GROUP)
+                        HAS_CNT=counts is not None, BM=BLOCK_M, GS=GROUP,
+                        INTERPRETED=interpreting())
     s = s.transpose(-1, -2)
     return (q, s) if batched else (q[0], s[0])

@@ -18,7 +18,7 @@ from typing import NamedTuple, Union
 
 import torch
 
-from . import on_triton
+from . import interpreting, on_triton
 from .align import AlignedRoutes, align_by_expert, align_masked
 from .combine import weighted_reduce
 from .group_quant import GROUP, quantize_groups
@@ -84,7 +84,7 @@ def permute_contiguous(x: torch.Tensor, topk_ids: torch.Tensor, first_expert: in
             rows, BH = out, _BH
         kern.gather_contiguous[(-(-cap // _BM), -(-H // BH))](
             x, routes.sorted_slots, routes.block_expert, m_indices, out, s, n, k, H, cap, align,
-            BM=_BM, BH=BH, FP8=fp8)
+            BM=_BM, BH=BH, FP8=fp8, INTERPRETED=interpreting())
         return ContiguousRows(rows, m_indices, routes)
     slots = routes.sorted_slots.to(torch.int64)
     valid = slots < n
@@ -120,7 +120,8 @@ def permute_masked(x: torch.Tensor, topk_ids: torch.Tensor, first_expert: int, n
             rows, BH = out, _BH
         if n:
             kern.scatter_masked[(-(-n // _BS), -(-H // BH))](
-                x, routes.slot_rows, out, s, n, k, H, max_m, G, BS=_BS, BH=BH, FP8=fp8)
+                x, routes.slot_rows, out, s, n, k, H, max_m, G, BS=_BS, BH=BH, FP8=fp8,
+                INTERPRETED=interpreting())
         return MaskedRows(rows, routes.masked_m, routes.slot_rows)
     # One spare row past the buffer takes the slots of other ranks' experts.
     slot_rows = routes.slot_rows.to(torch.int64)

@@ -1,8 +1,9 @@
 """Triton kernels of :mod:`.permute`: tokens -> a grouped layout, optionally quantized.
 
 FP8 programs each take one 1x128 group of columns and write e4m3 values with fp32 scales
-``amax / 448`` (floor 1e-12, as :func:`moe_core.quant.fp8.quantize_fp8_blockwise`)
-MN-major: the scale of (row, group) at ``group * rows + row`` within its expert.
+``amax / 448`` (floor 1e-12: :mod:`.triton_fp8`, the arithmetic of
+:func:`moe_core.quant.fp8.quantize_fp8_blockwise`) MN-major: the scale of (row, group) at
+``group * rows + row`` within its expert.
 """
 
 from __future__ import annotations
@@ -10,10 +11,13 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .triton_fp8 import fp8_grid_values, fp8_group_scales
+
 
 @triton.jit
 def gather_contiguous(x_ptr, sorted_ptr, block_expert_ptr, m_indices_ptr, out_ptr, s_ptr,
-                      n, k, H, cap, block, BM: tl.constexpr, BH: tl.constexpr, FP8: tl.constexpr):
+                      n, k, H, cap, block, BM: tl.constexpr, BH: tl.constexpr, FP8: tl.constexpr,
+                      INTERPRETED: tl.constexpr):
     """Row ``r`` of the padded layout <- token ``sorted[r] // k`` (zeros on padding rows);
     rows of unused blocks (``block_expert < 0``) are left unwritten: DeepGEMM skips them."""
     pid_m, pid_h = tl.program_id(0), tl.program_id(1)
@@ -31,8 +35,8 @@ def gather_contiguous(x_ptr, sorted_ptr, block_expert_ptr, m_indices_ptr, out_pt
     at = rows.to(tl.int64)[:, None] * H + cols[None, :]
     if FP8:
         f = v.to(tl.float32)
-        scale = tl.maximum(tl.max(tl.abs(f), axis=1), 1e-12) / 448.0
-        q = tl.minimum(tl.maximum(f / scale[:, None], -448.0), 448.0)
+        scale = fp8_group_scales(f, AXIS=1, UE8M0=False)
+        q = fp8_grid_values(f, scale, AXIS=1, INTERPRETED=INTERPRETED)
         tl.store(out_ptr + at, q.to(tl.float8e4nv), mask=used[:, None] & in_h[None, :])
         tl.store(s_ptr + pid_h.to(tl.int64) * cap + rows, scale, mask=used)
     else:
@@ -41,7 +45,8 @@ def gather_contiguous(x_ptr, sorted_ptr, block_expert_ptr, m_indices_ptr, out_pt
 
 @triton.jit
 def scatter_masked(x_ptr, slot_rows_ptr, out_ptr, s_ptr, n, k, H, max_m, G,
-                   BS: tl.constexpr, BH: tl.constexpr, FP8: tl.constexpr):
+                   BS: tl.constexpr, BH: tl.constexpr, FP8: tl.constexpr,
+                   INTERPRETED: tl.constexpr):
     """Token ``slot // k`` -> row ``slot_rows[slot]`` of the ``[E * max_m, H]`` buffer."""
     pid_s, pid_h = tl.program_id(0), tl.program_id(1)
     slots = pid_s * BS + tl.arange(0, BS)
@@ -55,8 +60,8 @@ def scatter_masked(x_ptr, slot_rows_ptr, out_ptr, s_ptr, n, k, H, max_m, G,
     at = row.to(tl.int64)[:, None] * H + cols[None, :]
     if FP8:
         f = v.to(tl.float32)
-        scale = tl.maximum(tl.max(tl.abs(f), axis=1), 1e-12) / 448.0
-        q = tl.minimum(tl.maximum(f / scale[:, None], -448.0), 448.0)
+        scale = fp8_group_scales(f, AXIS=1, UE8M0=False)
+        q = fp8_grid_values(f, scale, AXIS=1, INTERPRETED=INTERPRETED)
         tl.store(out_ptr + at, q.to(tl.float8e4nv), mask=mask)
         expert = row // max_m
         m = row - expert * max_m

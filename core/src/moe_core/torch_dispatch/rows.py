@@ -20,7 +20,7 @@ from functools import cache
 
 import torch
 
-from ..kernels import on_triton
+from ..kernels import interpreting, on_triton
 from ..quant.fp8 import ACT_GROUP, dequantize_fp8_blockwise, quantize_fp8_blockwise
 from ..sizes import cdiv, round_up
 from ..tokens import Wire
@@ -126,7 +126,7 @@ def _pack_triton(fmt, x, ids, weights, dest, buf) -> None:
         buf.view(torch.int32), fmt.hidden, fmt.groups, fmt.row_bytes, fmt.scale_offset // 4,
         fmt.ids_offset // 4, fmt.weights_offset // 4,
         R=R, K=k, KP=triton.next_power_of_2(k), FP8=fmt.fp8, UE8M0=fmt.wire is Wire.FP8_UE8M0,
-        GPB=_GROUPS_PER_PROGRAM, INTERPRETED=not x.is_cuda)
+        GPB=_GROUPS_PER_PROGRAM, INTERPRETED=interpreting())
 
 
 # -- unpacking ---------------------------------------------------------------------------
@@ -198,6 +198,11 @@ def _kernels():
     import triton
     import triton.language as tl
 
+    # Module globals, not locals: Triton's interpreter runs a kernel against its module's
+    # globals (a closure's names are not seen), and these kernels are defined in a function.
+    global fp8_grid_values, fp8_group_scales
+    from ..kernels.triton_fp8 import fp8_grid_values, fp8_group_scales
+
     @triton.jit
     def pack_rows(x_ptr, ids_ptr, w_ptr, dest_ptr, ob_ptr, oq_ptr, of_ptr, oi_ptr,
                   H, G, ROW_B, S_OFF, I_OFF, W_OFF, R: tl.constexpr, K: tl.constexpr,
@@ -209,19 +214,9 @@ def _kernels():
         cols = g[:, None] * 128 + tl.arange(0, 128)[None, :]
         in_h = cols < H
         x = tl.load(x_ptr + t * H + cols, mask=in_h, other=0.0).to(tl.float32)
-        if FP8:
-            # 448: the largest e4m3fn value; the same arithmetic as quantize_fp8_blockwise
-            scale = tl.maximum(tl.max(tl.abs(x), axis=1), 1e-12) / 448.0
-            if UE8M0:
-                scale = tl.exp2(tl.ceil(tl.log2(scale)))
-            y = tl.minimum(tl.maximum(x / scale[:, None], -448.0), 448.0)
-            if INTERPRETED:  # the interpreter's fp32 -> e4m3 cast mis-rounds mantissa carries
-                step = tl.exp2(tl.maximum(tl.floor(tl.log2(tl.maximum(tl.abs(y), 1e-30))), -6.0) - 3.0)
-                z = y / step  # onto the e4m3 grid, ties to even: the cast is then exact
-                r = tl.floor(z + 0.5)
-                r = tl.where(((r - z) == 0.5) & ((r - 2.0 * tl.floor(r * 0.5)) != 0.0), r - 1.0, r)
-                y = r * step
-            q = y.to(tl.float8e4nv)
+        if FP8:  # the arithmetic of quantize_fp8_blockwise, spelled once in triton_fp8
+            scale = fp8_group_scales(x, AXIS=1, UE8M0=UE8M0)
+            q = fp8_grid_values(x, scale, AXIS=1, INTERPRETED=INTERPRETED).to(tl.float8e4nv)
         kk = tl.arange(0, KP)
         for r in tl.static_range(R):
             d = tl.load(dest_ptr + t * R + r)

@@ -4,14 +4,17 @@ Reads the first GEMM's bf16 output ``h [..., M, 2I]`` ([gate | up]) and writes F
 ``q [..., M, I]`` and fp32 scales in DeepGEMM's MN-major layout (a ``[..., G, M]`` buffer
 seen as ``[..., M, G]``), so the second GEMM takes them without a re-layout. Each program
 handles a tile of 4 rows x 4 groups of 128 with no bounds masks: hence M % 4 == 0 and
-G % 4 == 0, the constraints the plugin declares (scenario S1).
+G % 4 == 0, the constraints the plugin declares (scenario S1). The quantization is
+:mod:`moe_core.kernels.triton_fp8`'s (the arithmetic of
+:func:`moe_core.quant.fp8.quantize_fp8_blockwise`).
 """
 
 from __future__ import annotations
 
 import torch
 
-from moe_core.quant.fp8 import FP8_MAX
+from moe_core.kernels import interpreting
+from moe_core.quant.fp8 import FP8_MAX, SCALE_FLOOR
 
 TILE_M, TILE_G, GROUP = 4, 4, 128
 
@@ -23,7 +26,7 @@ def reference(h: torch.Tensor, limit: float | None, alpha: float | None):
         gate, up = gate.clamp(max=limit), up.clamp(-limit, limit)
     a = gate * torch.sigmoid(gate) * up if alpha is None else gate * torch.sigmoid(alpha * gate) * (up + 1)
     groups = a.unflatten(-1, (-1, GROUP))
-    scale = groups.abs().amax(-1).clamp(min=1e-12) / FP8_MAX
+    scale = groups.abs().amax(-1).clamp(min=SCALE_FLOOR) / FP8_MAX
     q = (groups / scale[..., None]).clamp(-FP8_MAX, FP8_MAX).flatten(-2).to(torch.float8_e4m3fn)
     return q, scale
 
@@ -32,10 +35,16 @@ def _kernel():
     import triton
     import triton.language as tl
 
+    # Module globals, not locals: Triton's interpreter runs a kernel against its module's
+    # globals (a closure's names are not seen), and this kernel is defined in a function.
+    global fp8_grid_values, fp8_group_scales
+    from moe_core.kernels.triton_fp8 import fp8_grid_values, fp8_group_scales
+
     @triton.jit
     def silu_mul_quant(h_ptr, q_ptr, s_ptr, cnt_ptr, M, I, limit, alpha,
                        HAS_LIMIT: tl.constexpr, OAI: tl.constexpr, HAS_CNT: tl.constexpr,
-                       TM: tl.constexpr, TG: tl.constexpr, GS: tl.constexpr):
+                       TM: tl.constexpr, TG: tl.constexpr, GS: tl.constexpr,
+                       INTERPRETED: tl.constexpr):
         pid_m, pid_g, batch = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         G = I // GS
         rows = pid_m * TM + tl.arange(0, TM)
@@ -56,8 +65,8 @@ def _kernel():
         else:
             a = gate * tl.sigmoid(gate) * up
         a3 = tl.reshape(a, (TM, TG, GS))
-        scale = tl.maximum(tl.max(tl.abs(a3), axis=2), 1e-12) / 448.0
-        q = tl.minimum(tl.maximum(a3 / scale[:, :, None], -448.0), 448.0)
+        scale = fp8_group_scales(a3, AXIS=2, UE8M0=False)
+        q = fp8_grid_values(a3, scale, AXIS=2, INTERPRETED=INTERPRETED)
         q_row = q_ptr + batch.to(tl.int64) * M * I + rows[:, None].to(tl.int64) * I
         tl.store(q_row + cols[None, :], tl.reshape(q, (TM, TG * GS)).to(tl.float8e4nv), mask=live[:, None])
         gids = pid_g * TG + tl.arange(0, TG)
@@ -96,6 +105,6 @@ def fused_silu_mul_quant(h: torch.Tensor, limit: float | None = None, alpha: flo
         _compiled[grid](h3, q, s, counts if counts is not None else h3, M, I,
                         float(limit or 0.0), float(alpha or 0.0),
                         HAS_LIMIT=limit is not None, OAI=alpha is not None, HAS_CNT=counts is not None,
-                        TM=TILE_M, TG=TILE_G, GS=GROUP)
+                        TM=TILE_M, TG=TILE_G, GS=GROUP, INTERPRETED=interpreting())
     scales = s.transpose(1, 2)  # [E, M, G] view, MN-major as DeepGEMM wants
     return (q[0], scales[0]) if squeeze else (q, scales)

@@ -9,8 +9,9 @@ block ``r // BLOCK_M`` belongs to local expert ``block_expert[r // BLOCK_M]`` (-
   the tokens in place) or ``r`` itself (the second GEMM reads the activation rows). FP8:
   e4m3 operands, per-row 1x128 activation scales and 128x128 weight scales per K step.
 * :func:`launch_activation` — one program per (slot, column block): the gated (or relu2)
-  activation of its row, written as bf16 or quantized to e4m3 in 1x128 groups with the
-  scales MN-major (``[G, rows]``), the layout the second GEMM reads.
+  activation of its row, written as bf16 or quantized to e4m3 in 1x128 groups
+  (:mod:`moe_core.kernels.triton_fp8`) with the scales MN-major (``[G, rows]``), the layout
+  the second GEMM reads.
 
 This module imports triton; the plugin imports it only when a plan runs (``make_runner``).
 Triton decides at decoration time whether a kernel runs in its CPU interpreter
@@ -25,6 +26,7 @@ import triton.language as tl
 import torch
 
 from moe_core.kernels import interpreting
+from moe_core.kernels.triton_fp8 import fp8_grid_values, fp8_group_scales
 from moe_core.sizes import cdiv
 from moe_core.spec import Activation
 
@@ -42,24 +44,16 @@ def activation_code(spec) -> int:
     return {Activation.SILU_GATED: SILU, Activation.GELU_GATED: GELU_TANH, Activation.RELU2: RELU2}[act]
 
 
-# Triton's interpreter truncates fp32 -> bf16 and fp32 -> e4m3 casts (and carries wrongly
-# on an e4m3 round-up: 7.8 -> 4.0); on values already on the target grid it is exact. When
-# interpreting, the kernels round in fp32 first with these two (a GPU never calls them).
+# Triton's interpreter truncates fp32 -> bf16 casts and mis-rounds fp32 -> e4m3 ones (ties,
+# carries: 7.8 -> 4.0); on values already on the target grid it is exact. When interpreting,
+# the kernels round in fp32 first: bf16 with this function, e4m3 in
+# moe_core.kernels.triton_fp8.fp8_grid_values (a GPU never runs either rounding).
 @triton.jit
 def _round_bf16(x):
     """Round to nearest even on the bf16 grid, in fp32."""
     bits = x.to(tl.uint32, bitcast=True)
     bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
     return bits.to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _round_e4m3(q):
-    """Round ``|q| <= 448`` to the e4m3 grid in fp32 (ties away from zero)."""
-    aq = tl.abs(q)
-    step = tl.exp2(tl.floor(tl.log2(tl.maximum(aq, 0.015625))) - 3.0)  # 2**-6: least normal
-    r = tl.floor(aq / step + 0.5) * step
-    return tl.where(q < 0, -r, r)
 
 
 # Token-dependent ints are not specialised on (divisibility by 16 would recompile).
@@ -164,10 +158,8 @@ def activate(h_ptr, out_ptr, scale_ptr, slot_rows_ptr, I, stride_hm, stride_om, 
     out_row = out_ptr + row.to(tl.int64) * stride_om
     if FP8:
         groups = tl.reshape(a, (BLOCK // 128, 128))
-        scale = tl.maximum(tl.max(tl.abs(groups), axis=1), 1e-12) / 448.0
-        q = tl.minimum(tl.maximum(groups / scale[:, None], -448.0), 448.0)
-        if INTERPRET:
-            q = _round_e4m3(q)
+        scale = fp8_group_scales(groups, AXIS=1, UE8M0=False)
+        q = fp8_grid_values(groups, scale, AXIS=1, INTERPRETED=INTERPRET)
         tl.store(out_row + cols, tl.reshape(q, (BLOCK,)).to(tl.float8e4nv), mask=live)
         g = tl.program_id(1) * (BLOCK // 128) + tl.arange(0, BLOCK // 128)
         tl.store(scale_ptr + g * stride_sg + row.to(tl.int64) * stride_sm, scale, mask=g * 128 < I)
