@@ -104,9 +104,7 @@ def protocol_case(host: Host, plan, x, ids, w, iters: int, device: str) -> dict:
         d = dispatcher.dispatch(x, ids, w)
         return dispatcher.combine(y_of(d), d)
 
-    ms = _time(round_trip, iters, device)
-    del dispatcher, first, q
-    return dict(ms=ms, round_trip_err=err)
+    return dict(ms=_time(round_trip, iters, device), round_trip_err=err)
 
 
 def deepep_direct_case(x, ids, w, spec: MoESpec, wire: Wire, low_latency: bool, iters: int,

@@ -81,6 +81,24 @@ def graph_time_us(fn, launches: int = 10, replays: int = 5) -> float:
     return start.elapsed_time(end) * 1000 / (launches * replays)
 
 
+def make_weights(spec, dtype: str):
+    """Random weights straight on the GPU (timing only: values need not be the reference's)."""
+    E, R, H, I = spec.local_experts, spec.w13_rows, spec.hidden_size, spec.intermediate_per_partition
+    dev = "cuda"
+    w = {"w13": torch.randn(E, R, H, device=dev) / math.sqrt(H), "w2": torch.randn(E, H, I, device=dev) / math.sqrt(I)}
+    if dtype == "fp8_block128":
+        w = {k: v.to(torch.float8_e4m3fn) for k, v in w.items()}
+        halves = 2 if spec.activation.gated else 1
+        w["w13_scale"] = torch.rand(E, halves * -(-I // 128), -(-H // 128), device=dev) + 0.5
+        w["w2_scale"] = torch.rand(E, -(-H // 128), -(-I // 128), device=dev) + 0.5
+    else:
+        w = {k: v.to(torch.bfloat16) for k, v in w.items()}
+    if spec.has_bias:
+        w["w13_bias"] = torch.randn(E, R, device=dev) * 0.1
+        w["w2_bias"] = torch.randn(E, H, device=dev) * 0.1
+    return w
+
+
 def routing(spec, tokens: int):
     """``(topk_weights, topk_ids)`` as layer_bench draws them (top-k over the local experts:
     a rank's load after dispatch), so the tiles are tuned for the routing they are timed on."""

@@ -109,7 +109,7 @@ pipeline() {
         (export CUDA_VISIBLE_DEVICES=1; tests_b; wait_for triton_tune; bench_b) & wait
         ep
     else  # correctness first: a benchmark of a wrong kernel is worth nothing
-        tests_b; tune; lane_a; bench_b; permute
+        [ -n "${SKIP_TESTS:-}" ] || tests_b; tune; lane_a; bench_b; permute
     fi
     touch "$W/done"
 }
