@@ -89,14 +89,12 @@ def protocol_case(host: Host, plan, x, ids, w, iters: int, device: str) -> dict:
     dispatcher = host.make_dispatcher(plan)
     first = dispatcher.dispatch(x, ids, w)
     if first.x is None:
-        q = first.quantized[0]
         from moe_core.runner import dequantize_wire
 
         ident = dequantize_wire(first.quantized[:2])
         y_of = lambda d: ident  # noqa: E731 - the same routing every call: the same shape
     else:
         y_of = lambda d: d.x  # noqa: E731
-        q = first.x
     out = dispatcher.combine(y_of(first), first)
     err = ((out.float() - x.float()).norm() / x.float().norm()).item()
 
