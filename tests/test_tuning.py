@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import multiprocessing
 import subprocess
 import sys
@@ -23,7 +24,7 @@ from conftest import host_with, make_plugin, one
 from moe_core import Host, Layout, MoESpec, SpecError, Status, Variant, Verdict
 from moe_core.cli import main
 from moe_core.plan import SelectedBy
-from moe_core.tuning import (Objective, TuningCache, TuningError, environment_body, fingerprint,
+from moe_core.tuning import (Objective, ObjectiveKind, TuningCache, TuningError, environment_body, fingerprint,
                              parse_buckets, plot, spec_key, token_buckets, tune)
 
 MEASUREMENT, PRIORITY = SelectedBy.MEASUREMENT, SelectedBy.PRIORITY
@@ -131,7 +132,11 @@ def test_buckets_and_objective_parsing():
     for bad in ("", "0,4", "a,b"):
         with pytest.raises(TuningError, match="expected comma-separated positive token counts"):
             parse_buckets(bad)
-    assert Objective.parse("max_tokens") == Objective.parse(None) == Objective()
+    assert Objective.parse("mean_slowdown") == Objective.parse(None) == Objective()
+    assert Objective().kind is ObjectiveKind.MEAN_SLOWDOWN
+    assert Objective.parse("max_tokens").kind is ObjectiveKind.MAX_TOKENS
+    with pytest.raises(TuningError, match="expected weights exactly for a weighted objective"):
+        Objective(ObjectiveKind.WEIGHTED)
     assert Objective.parse("4096:0.2,1:0.8").weights == ((1, 0.8), (4096, 0.2))
     for bad in ("1", "1:x", "0:1", "1:-2", "1:nan"):
         with pytest.raises(TuningError, match="is not BUCKET:WEIGHT"):
@@ -475,3 +480,26 @@ def test_slow_runners_get_fewer_timed_calls_but_at_least_three(clock):
     assert [timer.count(e) for e in (0.0, 0.001, 0.5, 5.0)] == [7, 7, 4, 3]
     t = timer.measure(lambda: clock.spend(1000.0), estimate_s=1.0)
     assert (t.samples, t.ms, t.timer) == (3, pytest.approx(1000.0), "wall_clock")
+
+
+def test_the_default_objective_weighs_every_bucket_of_the_plans_regime():
+    """A decode plan serves 1 to max_tokens tokens: the default scores each runner by its mean
+    slowdown over those buckets, so the runner fastest only at max_tokens no longer wins."""
+    decode = MoESpec(num_experts=32, top_k=8, hidden_size=7168, intermediate_size=2048, max_tokens=256)
+    measured = [1, 4, 16, 64, 256, 512, 2048]
+    mean, at_max = Objective(), Objective.parse("max_tokens")
+    used, note = mean.buckets(decode, measured)
+    assert [b for b, _ in used] == [1, 4, 16, 64, 256] and not note
+    assert [b for b, _ in mean.buckets(decode.replace(max_tokens=100), measured)[0]] == [1, 4, 16, 64, 256]
+    # a prefill plan: its own range only (the decode counts go to the decode plan)
+    assert [b for b, _ in mean.buckets(decode.replace(max_tokens=2048), measured)[0]] == [512, 2048]
+    assert at_max.buckets(decode, measured) == ([(256, 1.0)], "")
+    # whole-layer ms on an H200 (layer_bench, 2026-12-01, DeepSeek-V3 EP 8 bf16)
+    ms = {"triton": (0.207, 0.478, 0.666, 0.690, 1.102), "cutlass": (0.305, 0.701, 0.994, 0.957, 0.882)}
+    times = {b: {n: t[i] for n, t in ms.items()} for i, b in enumerate((1, 4, 16, 64, 256))}
+    names = ["cutlass", "triton"]
+    slow = mean.scores(used, times, names)
+    assert slow[1] < slow[0] and slow[1] == pytest.approx((4 + 1.102 / 0.882) / 5)
+    assert at_max.scores([(256, 1.0)], times, names) == [0.882, 1.102]
+    times[4]["triton"] = math.inf  # a runner that failed at one bucket ranks last
+    assert math.isinf(mean.scores(used, times, names)[1])

@@ -104,9 +104,10 @@ def _print_report(report) -> None:
 @click.option("--warmup", default=None, type=click.IntRange(0), help="Untimed calls first.")
 @click.option("--cache", "cache_path", default=None, metavar="DIR",
               help="Tuning cache directory (default: $MOE_TUNING_CACHE, else the user cache dir).")
-@click.option("--objective", default=None, metavar="max_tokens|B:W,...",
-              help="How one runner per layer is chosen: the time at the max_tokens bucket "
-                   "(default; also $MOE_TUNING_OBJECTIVE) or a weighted sum, e.g. 1:0.8,4096:0.2.")
+@click.option("--objective", default=None, metavar="mean_slowdown|max_tokens|B:W,...",
+              help="How one runner per layer is chosen (also $MOE_TUNING_OBJECTIVE): the mean "
+                   "slowdown against the fastest over the buckets of the plan's regime (default), "
+                   "the time at the max_tokens bucket, or a weighted sum, e.g. 1:0.8,4096:0.2.")
 @click.option("--plot", "plot_path", default=None, metavar="PNG", help="Also plot the times (matplotlib).")
 @click.option("--show", is_flag=True, help="List the cache's files and entries; tune nothing.")
 @click.option("--clear", is_flag=True, help="Delete every tuning file of the cache; tune nothing.")

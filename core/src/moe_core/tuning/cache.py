@@ -36,7 +36,7 @@ from ..environment import fingerprint_of as fingerprint
 from ..errors import MoEError
 from ..plan import SelectedBy, Selection
 from ..registry import PluginStatus
-from ..spec import MoESpec
+from ..spec import DECODE_MAX_TOKENS, MoESpec, Regime
 
 ENV_CACHE = "MOE_TUNING_CACHE"
 ENV_TUNING = "MOE_TUNING"
@@ -147,23 +147,46 @@ def differences(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
 
 
 # -- the objective: one choice per layer ------------------------------------------------
+class ObjectiveKind(StrEnum):
+    """How the times of one layer's runners over token buckets make one choice."""
+
+    #: Mean over the buckets of the plan's regime (decode: 1 to ``max_tokens``; prefill:
+    #: above the decode range up to ``max_tokens``) of each runner's time / the fastest time
+    #: there. A plan serves every count of its regime, so a runner 20% slower at 1-64 tokens
+    #: does not win by being 2% faster at 256 (the default).
+    MEAN_SLOWDOWN = "mean_slowdown"
+    #: The time at the bucket of ``max_tokens`` alone.
+    MAX_TOKENS = "max_tokens"
+    #: A weighted sum of the times at stated buckets.
+    WEIGHTED = "weighted"
+
+
 @dataclass(frozen=True)
 class Objective:
-    """How one runner is chosen per layer from its times over token buckets.
+    """How one runner is chosen per layer from its times over token buckets (see
+    :class:`ObjectiveKind`). The bucket of ``max_tokens`` is the smallest measured bucket
+    >= it, else the largest below; buckets above ``max_tokens`` are otherwise left out (the
+    layer never sees them)."""
 
-    Default: the time at the bucket of the spec's ``max_tokens`` (the smallest measured
-    bucket >= it, else the largest below). With ``weights``: the weighted sum of the times at
-    the stated buckets (those above ``max_tokens`` are left out: the layer never sees them).
-    """
-
+    kind: ObjectiveKind = ObjectiveKind.MEAN_SLOWDOWN
+    #: (bucket, weight) pairs of a WEIGHTED objective.
     weights: tuple[tuple[int, float], ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", ObjectiveKind(self.kind))
+        if (self.kind is ObjectiveKind.WEIGHTED) != bool(self.weights):
+            raise TuningError(f"objective {self.kind}: weights {self.weights!r} (expected weights "
+                              "exactly for a weighted objective)")
 
     @classmethod
     def parse(cls, text: str | None) -> "Objective":
-        """``""``/``"max_tokens"``, or ``"BUCKET:WEIGHT,..."`` (e.g. ``1:0.8,4096:0.2``)."""
+        """``""``/``"mean_slowdown"``, ``"max_tokens"``, or ``"BUCKET:WEIGHT,..."`` (e.g.
+        ``1:0.8,4096:0.2``)."""
         text = (text or "").strip()
-        if text in ("", "max_tokens", "max"):
+        if text in ("", ObjectiveKind.MEAN_SLOWDOWN, "mean"):
             return cls()
+        if text in (ObjectiveKind.MAX_TOKENS, "max"):
+            return cls(ObjectiveKind.MAX_TOKENS)
         weights = []
         for part in text.split(","):
             bucket, sep, weight = part.partition(":")
@@ -173,18 +196,23 @@ class Objective:
                 b, w = 0, -1.0
             if not sep or b < 1 or not w > 0 or not math.isfinite(w):
                 raise TuningError(f"objective {text!r}: {part!r} is not BUCKET:WEIGHT (expected "
-                                  "'max_tokens' or e.g. '1:0.8,4096:0.2', positive tokens and weights)")
+                                  "'mean_slowdown', 'max_tokens' or e.g. '1:0.8,4096:0.2', "
+                                  "positive tokens and weights)")
             weights.append((b, w))
-        return cls(tuple(sorted(weights)))
+        return cls(ObjectiveKind.WEIGHTED, tuple(sorted(weights)))
 
     def describe(self) -> str:
-        if not self.weights:
+        if self.kind is ObjectiveKind.MEAN_SLOWDOWN:
+            return "mean slowdown against the fastest over the buckets of the plan's regime"
+        if self.kind is ObjectiveKind.MAX_TOKENS:
             return "time at the max_tokens bucket"
         return "weighted sum of times: " + " + ".join(f"{w:g} x t({b})" for b, w in self.weights)
 
-    def buckets(self, max_tokens: int, measured: list[int]) -> tuple[list[tuple[int, float]], str]:
-        """``([(bucket, weight)], note)``; an empty list when a needed bucket is unmeasured."""
-        if self.weights:
+    def buckets(self, spec: MoESpec, measured: list[int]) -> tuple[list[tuple[int, float]], str]:
+        """``([(bucket, weight)], note)`` for a layer of ``spec``; an empty list when a needed
+        bucket is unmeasured."""
+        max_tokens = spec.max_tokens
+        if self.kind is ObjectiveKind.WEIGHTED:
             used = [(b, w) for b, w in self.weights if b <= max_tokens]
             if not used:
                 return [], f"every bucket of the objective exceeds max_tokens {max_tokens}"
@@ -194,9 +222,29 @@ class Objective:
                             f"{', '.join(map(str, measured))}")
             return used, ""
         above = [b for b in measured if b >= max_tokens]
-        if above:
-            return [(above[0], 1.0)], ""
-        return [(measured[-1], 1.0)], f"largest measured bucket {measured[-1]} < max_tokens {max_tokens}"
+        top = [(above[0], 1.0)] if above else [(measured[-1], 1.0)]
+        note = "" if above else f"largest measured bucket {measured[-1]} < max_tokens {max_tokens}"
+        if self.kind is ObjectiveKind.MAX_TOKENS:
+            return top, note
+        low = 0 if spec.token_regime is Regime.DECODE else DECODE_MAX_TOKENS
+        return [(b, 1.0) for b in measured if low < b < top[0][0]] + top, note
+
+    def scores(self, used: list[tuple[int, float]], times: dict[int, dict[str, float]],
+               names: list[str]) -> list[float]:
+        """One score per runner of ``names`` (lower is better) from ``times[bucket][name]``
+        (every name present at every used bucket; inf where the runner failed)."""
+        if self.kind is not ObjectiveKind.MEAN_SLOWDOWN:
+            return [sum(w * times[b][n] for b, w in used) for n in names]
+        out = [0.0] * len(names)
+        for b, _ in used:
+            fastest = min(times[b][n] for n in names)
+            for i, n in enumerate(names):  # a bucket where every runner failed ranks no one
+                out[i] += times[b][n] / fastest if math.isfinite(fastest) and fastest > 0 else 0.0
+        return [v / len(used) for v in out]
+
+    def unit(self) -> str:
+        """What a score is, for the reason a selection gives."""
+        return "x the fastest" if self.kind is ObjectiveKind.MEAN_SLOWDOWN else "ms"
 
 
 # -- reading and writing ----------------------------------------------------------------
@@ -454,7 +502,7 @@ class TuningCache:
                                    f"planned in the {plan.dispatch.layout} layout here")
                 else:
                     times[b][name] = float(m["ms"])
-        weights, note = self.objective.buckets(spec.max_tokens, sorted(times))
+        weights, note = self.objective.buckets(spec, sorted(times))
         missing = [f"{n} at {b}" for b, _ in weights for n in names if n not in times[b]]
         shown_upto = max([b for b, _ in weights] or [spec.max_tokens])
         shown = tuple((b, tuple(sorted(((n, t) for n, t in ts.items() if math.isfinite(t)),
@@ -465,15 +513,16 @@ class TuningCache:
             why = note or (f"not every runner that would run was measured ({', '.join(missing[:4])} "
                            "tokens); run `moe tune` again")
             return identity, Selection(SelectedBy.PRIORITY, f"static priority: {why}", **common)
-        score = [sum(w * times[b][n] for b, w in weights) for n in names]
+        score = self.objective.scores(weights, times, names)
         order = sorted(identity, key=lambda i: (score[i], i))
         first = names[order[0]]
         others = self._other_winners(spec, times, first, names, shown_upto)
         if len(built) == 1:
             return identity, Selection(SelectedBy.PRIORITY, f"static priority: only {first} would run",
                                        **common, **others)
-        at = "score" if self.objective.weights else f"at {weights[0][0]} tokens"
-        ranking = ", ".join(f"{names[i]} {score[i]:.4g} ms" for i in order[:SHOWN])
+        at = f"at {weights[0][0]} tokens" if len(weights) == 1 else \
+            f"over {', '.join(str(b) for b, _ in weights)} tokens"
+        ranking = ", ".join(f"{names[i]} {score[i]:.4g} {self.objective.unit()}" for i in order[:SHOWN])
         agree = ("static priority agrees" if order[0] == 0
                  else f"static priority would pick {names[0]}")
         why = f"fastest by {objective} ({at}: {ranking}); {agree}" + (f"; {note}" if note else "")
