@@ -65,7 +65,7 @@ def block_ms(rows_per_expert: float, prefill: bool) -> list[int]:
         return [16]
     if rows_per_expert <= 24:
         return [16, 32, 64]
-    return [32, 64] if rows_per_expert <= 64 else [64]
+    return [32, 64] if rows_per_expert <= 48 else [64, 128]
 
 
 def graph_time_us(fn, launches: int = 10, replays: int = 5) -> float:
@@ -114,9 +114,12 @@ def tune_bucket(kernels, spec, dtype, w, tokens):
     fp8 = dtype == "fp8_block128"
     a, a_scale = quantize_groups(x) if fp8 else (x, None)
     prefill = tokens > 256
+    rows_per_expert = tokens * k / spec.local_experts
     tiles = (PREFILL_TILES if prefill else DECODE_TILES)[dtype]
+    if not prefill and rows_per_expert >= 32:  # DeepSeek-V3 at 256 tokens: 64 rows an expert,
+        tiles = tiles + [t for t in PREFILL_TILES[dtype] if t not in tiles]  # compute-bound tiles too
     out = {}
-    for bm in block_ms(tokens * k / spec.local_experts, prefill):
+    for bm in block_ms(rows_per_expert, prefill):
         routes = align_by_expert(ids, spec.first_expert, spec.local_experts, bm)
         rows, n = routes.sorted_slots.shape[0], ids.numel()
         h = torch.empty(rows, w["w13"].shape[1], dtype=torch.bfloat16, device="cuda")
