@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -102,9 +103,83 @@ CHECK = textwrap.dedent("""
 """)
 
 
-def test_the_counted_activation_kernel_under_the_interpreter():
+#: The runner's masked paths with the kernels interpreted and the stand-in deep_gemm: the
+#: unfused variants take silu_mul's kernel with the counts (then, fp8, quantize_groups), the
+#: fused one the quantizing kernel; both match the reference on the counted rows.
+RUNNER = textwrap.dedent("""
+    import sys
+    import torch
+    sys.path.insert(0, sys.argv[1])  # the stand-in deep_gemm
+    from moe_core.kernels import enable_interpreter
+    enable_interpreter()
+    import moe_plugin_deepgemm as plugin
+    from moe_core import Host, MoESpec
+    from moe_core.reference.experts import ReferenceRunner
+    from moe_core.reference.oracle import relative_error
+    from moe_core.registry import Registry
+    from moe_core.synthetic import random_inputs, random_weights
+    from moe_plugin_deepgemm import fused_act
+    from moe_plugin_deepgemm.runner import DeepGemmRunner
+    from moe_plugin_deepgemm.weights import prepare
+
+    reg = Registry.builtin()
+    reg.register(plugin, "deepgemm")
+    host = Host(reg)
+    seen = []
+    real_silu_mul, real_launch = fused_act.silu_mul, fused_act._launch
+    def silu_mul(h, limit=None, alpha=None, counts=None, out=None):
+        seen.append(("silu_mul", tuple(h.shape), None if counts is None else counts.tolist()))
+        return real_silu_mul(h, limit, alpha, counts, out)
+    def launch(grid, *a, **kw):
+        seen.append(("launch", kw["quant"]))
+        return real_launch(grid, *a, **kw)
+    fused_act.silu_mul, fused_act._launch = silu_mul, launch
+
+    for quant, variant in [("bf16", "masked"), ("fp8_block128", "masked"), ("fp8_block128", "masked_fused")]:
+        spec = MoESpec(num_experts=4, top_k=2, hidden_size=256, intermediate_size=512, quant=quant,
+                       arch="sm90", max_tokens=16)
+        plan = host.resolve(spec, force=f"deepgemm:{variant}")
+        weights = random_weights(spec, device="cpu")
+        runner = DeepGemmRunner(plan, prepare(plan, weights))
+        ref = ReferenceRunner(host.resolve(spec, force="reference:loop"), weights)
+        tol = 1e-2 if quant == "bf16" else 3e-2
+        fused = variant.endswith("_fused")
+
+        seen.clear()
+        x = torch.randn(4, 128, 256).to(torch.bfloat16)
+        counts = torch.tensor([5, 0, 3, 128])
+        out = runner.run_masked(x, counts)
+        valid = torch.arange(128)[None, :] < counts[:, None]
+        err = relative_error(out[valid], ref.run_masked(x, counts)[valid])
+        assert err < tol, (variant, quant, err)
+        if fused:
+            assert seen == [("launch", True)], seen
+        else:
+            assert seen == [("silu_mul", (4, 128, 1024), [5, 0, 3, 128]), ("launch", False)], seen
+
+        seen.clear()
+        x, tw, ti = random_inputs(spec, 9, device="cpu")
+        assert 9 <= runner.masked_max_tokens  # the standard call takes the masked path
+        err = relative_error(runner(x, tw, ti), ref(x, tw, ti))  # the standard call's masked path
+        assert err < tol, (variant, quant, "standard", err)
+        assert [e[0] for e in seen] == (["launch"] if fused else ["silu_mul", "launch"]), seen
+        if not fused:
+            assert seen[0][1] == (4, 128, 1024) and sum(seen[0][2]) == 9 * 2, seen
+    print("same")
+""")
+
+
+def _run(script: str, *args: str):
     pytest.importorskip("triton", reason="triton is in requirements-dev.txt")
     env = dict(os.environ, TRITON_INTERPRET="1")
-    done = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True,
-                          timeout=600, check=False)
+    done = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True,
+                          text=True, timeout=600, check=False)
     assert done.returncode == 0 and "same" in done.stdout, done.stderr[-4000:]
+
+
+def test_the_counted_activation_kernel_under_the_interpreter():
+    _run(CHECK)
+
+
+def test_the_runners_masked_paths_launch_the_counted_kernels():
+    _run(RUNNER, str(Path(__file__).with_name("fake_deep_gemm")))

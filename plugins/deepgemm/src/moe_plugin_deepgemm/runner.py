@@ -9,11 +9,14 @@ from moe_core.kernels.group_quant import quantize_groups
 from moe_core.kernels.permute import permute_contiguous, permute_masked, unpermute
 from moe_core.runner import GroupedRunner, expert_of_rows, masked_layout, valid_rows
 from moe_core.sizes import cdiv, round_up
-from moe_core.spec import Quant
+from moe_core.spec import Activation, Quant
 
 from .constraints import MASKED_ROWS
 
 RECIPE = (1, 128, 128)  # 1x128 activation groups, 128x128 weight blocks
+#: Activations :func:`.fused_act.silu_mul` computes: the unfused masked paths run them on
+#: the counted rows only; others (gelu_gated, relu2) take ``apply_activation``, every row.
+COUNTED_ACTIVATIONS = (Activation.SILU_GATED, Activation.SWIGLU_LIMIT)
 #: Standard-layout calls with at most this many tokens run the masked GEMMs (a
 #: ``[E, round_up(T, 128), H]`` buffer, experts without tokens skipped), larger ones the
 #: contiguous GEMMs (``T * k + E * 127`` rows, whose unused blocks DeepGEMM still loads).
@@ -47,11 +50,21 @@ class DeepGemmRunner(GroupedRunner):
 
     # -- pieces --------------------------------------------------------------------
     def _activation(self, h: torch.Tensor, counts: torch.Tensor | None = None):
+        """``h`` -> the second GEMM's operand. ``counts``: the masked layout's per-expert row
+        counts (rows past them are never read by the GEMMs, so they are not computed)."""
+        s = self.spec
         if self.fused:
             from .fused_act import fused_silu_mul_quant
 
-            return fused_silu_mul_quant(h, self.spec.swiglu_limit, self.spec.swiglu_alpha, counts)
-        a = apply_activation(self.spec, h)  # bf16, as the separate silu_and_mul kernels do
+            return fused_silu_mul_quant(h, s.swiglu_limit, s.swiglu_alpha, counts)
+        # Unfused: two steps, the activation in bf16, then (fp8) the group quantization.
+        if counts is not None and s.activation in COUNTED_ACTIVATIONS:
+            from .fused_act import silu_mul
+
+            # Rows < counts[e] only: over the whole [E, M, 2I] buffer the cost grows as E * M.
+            a = silu_mul(h, s.swiglu_limit, s.swiglu_alpha, counts)
+        else:
+            a = apply_activation(s, h)  # bf16, every row, as the separate silu_and_mul kernels do
         return quantize_groups(a, counts=counts) if self.fp8 else a
 
     def _gemm(self, a, which: str, layout, *, masked_m=None, expected_m=None):
