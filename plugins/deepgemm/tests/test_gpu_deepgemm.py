@@ -157,7 +157,7 @@ def _ep8_layer(host, quant, tokens):
 @pytest.mark.parametrize("path", ["masked", "contiguous"])
 def test_standard_layout_both_paths_under_ep_match_the_reference(host, quant, tokens, path):
     spec, weights, layer = _ep8_layer(host, quant, tokens)
-    layer.runner.masked_max_tokens = tokens if path == "masked" else tokens - 1
+    layer.runner.force_path = path
     x, tw, ti = random_inputs(spec, tokens)
     out = layer(x, tw, ti)
     ref = host.load(host.resolve(spec, force="reference:loop"), weights)(x, tw, ti)
@@ -170,8 +170,8 @@ def test_standard_layout_both_paths_under_ep_match_the_reference(host, quant, to
 @pytest.mark.parametrize("tokens", [64, 512], ids=["masked", "contiguous"])
 def test_a_loaded_layer_captures_in_a_cuda_graph_and_replays(host, quant, tokens):
     spec, _, layer = _ep8_layer(host, quant, tokens)
-    if tokens == 512:  # the contiguous path, which the standard call takes above its masked cap
-        layer.runner.masked_max_tokens = tokens - 1
+    if tokens == 512:  # the contiguous path, forced (uses_masked picks masked here)
+        layer.runner.force_path = "contiguous"
     graphed = layer.graphed([tokens], copy_out=False)  # warms up (compiles) outside the capture
     first = graphed(*random_inputs(spec, tokens, seed=1)).clone()
     fresh = random_inputs(spec, tokens, seed=2)
