@@ -191,7 +191,8 @@ def main() -> None:
         for quant in ("bf16", "fp8_block128"):
             by = {(r["tokens"], r["path"]): r["graph_ms"] for r in layer if r["quant"] == quant}
             faster = [T for T, p in by if p == "masked" and by[(T, "masked")] <= by[(T, "contiguous")]]
-            picked = sorted({r["tokens"] for r in layer if r["quant"] == quant and r["runner_picks"] == "masked"})
+            picked = sorted({r["tokens"] for r in layer
+                             if r["quant"] == quant and r["runner_picks"] == "masked"})
             console.print(f"{quant}: the masked path is at least as fast at T = {sorted(faster)}; "
                           f"DeepGemmRunner.uses_masked picks it at T = {picked}")
     elif not args.no_layer:

@@ -131,7 +131,8 @@ class DeepGemmRunner(GroupedRunner):
         a captured CUDA graph replays the path it was captured with."""
         if self.force_path is not None:
             if self.force_path not in ("masked", "contiguous"):
-                raise ValueError(f"force_path must be 'masked', 'contiguous' or None, got {self.force_path!r}")
+                raise ValueError(f"force_path must be 'masked', 'contiguous' or None, "
+                                 f"got {self.force_path!r}")
             return self.force_path == "masked"
         s = self.spec
         masked_rows = s.local_experts * round_up(tokens, MASKED_ROWS)
