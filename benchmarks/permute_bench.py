@@ -13,7 +13,8 @@ of the bytes the step must move (permute: local slots' rows read as bf16 and wri
 runner's format; combine: local slots' bf16 rows read, T bf16 rows written). The layer
 table gives each standard-call path's time, its GEMMs' time on the same layout, and the
 GEMMs on exactly the used rows (the contiguous layout a host-synchronised caller would
-build): the masked/contiguous crossover sets MASKED_MAX_TOKENS in the DeepGEMM runner.
+build), and the path the runner's own rule (``DeepGemmRunner.uses_masked``) picks at that T,
+to hold against the masked/contiguous crossover measured here.
 """
 
 from __future__ import annotations
@@ -129,8 +130,10 @@ def layer_rows(tokens: list[int]) -> list[dict]:
         for T in tokens:
             x, w, ids = routing(T)
             busy = int(torch.unique(ids[(ids >= FIRST) & (ids < FIRST + E)]).numel())
+            runner.force_path = None
+            picks = "masked" if runner.uses_masked(T) else "contiguous"
             for path in ("masked", "contiguous"):
-                runner.masked_max_tokens = T if path == "masked" else T - 1
+                runner.force_path = path
                 fn = lambda: layer(x, w, ids)  # noqa: E731
                 ms, first = timed(fn)
                 g = graph_ms(fn)
@@ -150,7 +153,8 @@ def layer_rows(tokens: list[int]) -> list[dict]:
                 gemm_ms = timed(gemm)[0]
                 out.append(dict(step="layer", quant=quant, path=path, tokens=T, busy_experts=busy, ms=ms,
                                 graph_ms=g, gemms_ms=gemm_ms, exact_rows_gemms_ms=exact, first_call_s=first,
-                                weight_gbs=busy * per_expert / g / 1e6))
+                                weight_gbs=busy * per_expert / g / 1e6, runner_picks=picks))
+        runner.force_path = None
     return out
 
 
@@ -176,19 +180,21 @@ def main() -> None:
         rows += layer
         t = Table(title="DeepGEMM layer, standard call: each path vs its GEMMs alone")
         for col in ("quant", "T", "busy experts", "path", "call ms", "graph ms", "GEMMs ms",
-                    "GEMMs on used rows ms", "weights GB/s (graph)"):
+                    "GEMMs on used rows ms", "weights GB/s (graph)", "runner picks"):
             t.add_column(col, justify="right")
         for r in layer:
             t.add_row(r["quant"], str(r["tokens"]), str(r["busy_experts"]), r["path"], f"{r['ms']:.3f}",
                       f"{r['graph_ms']:.3f}", f"{r['gemms_ms']:.3f}",
                       "-" if r["exact_rows_gemms_ms"] is None else f"{r['exact_rows_gemms_ms']:.3f}",
-                      f"{r['weight_gbs']:.0f}")
+                      f"{r['weight_gbs']:.0f}", r["runner_picks"])
         console.print(t)
         for quant in ("bf16", "fp8_block128"):
             by = {(r["tokens"], r["path"]): r["graph_ms"] for r in layer if r["quant"] == quant}
             faster = [T for T, p in by if p == "masked" and by[(T, "masked")] <= by[(T, "contiguous")]]
-            console.print(f"{quant}: the masked path is at least as fast at T = {sorted(faster)} "
-                          "(MASKED_MAX_TOKENS: the largest T of the leading run)")
+            picked = sorted({r["tokens"] for r in layer
+                             if r["quant"] == quant and r["runner_picks"] == "masked"})
+            console.print(f"{quant}: the masked path is at least as fast at T = {sorted(faster)}; "
+                          f"DeepGemmRunner.uses_masked picks it at T = {picked}")
     elif not args.no_layer:
         console.print("deep_gemm not importable: layer table skipped (scripts/gpu_session.sh builds it)")
     if args.out:

@@ -172,7 +172,7 @@ def test_runner_matches_the_reference_through_the_stand_in(fake_dg, quant, varia
     weights = random_weights(spec, device="cpu")
     x, tw, ti = random_inputs(spec, 40, device="cpu")
     runner = DeepGemmRunner(plan, prepare(plan, weights))
-    runner.masked_max_tokens = 40 if path == "masked" else 39  # the standard call picks by T
+    runner.force_path = path  # the standard call would pick by T (uses_masked)
     out = runner(x, tw, ti)
     ref_plan = host().resolve(spec, force="reference:loop")
     from moe_core.reference.experts import ReferenceRunner
@@ -192,7 +192,7 @@ def test_standard_call_under_ep_sums_this_ranks_experts(fake_dg, path):
     x, tw, ti = random_inputs(spec, 13, device="cpu")  # ids of both ranks' experts
     assert bool((ti < spec.first_expert).any()) and bool((ti >= spec.first_expert).any())
     runner = DeepGemmRunner(plan, prepare(plan, weights))
-    runner.masked_max_tokens = 64 if path == "masked" else 0
+    runner.force_path = path
     from moe_core.reference.experts import ReferenceRunner
     ref = ReferenceRunner(host().resolve(spec, force="reference:loop"), weights)(x, tw, ti)
     assert relative_error(runner(x, tw, ti), ref) < 3e-2
@@ -209,6 +209,73 @@ def test_contiguous_layout_from_a_dispatcher_through_the_stand_in(fake_dg):
     from moe_core.reference.experts import ReferenceRunner
     ref = ReferenceRunner(host().resolve(spec, force="reference:loop"), weights).run_contiguous(x, offsets)
     assert out.shape == x.shape and relative_error(out, ref) < 3e-2
+
+
+# -- the standard call's path: DeepGemmRunner.uses_masked ---------------------------------
+def _runner_for(model, quant, **kw):
+    """A runner without weights: the path depends on the spec and T alone."""
+    spec = spec_for_model(model, quant=quant, arch="sm90", **kw)
+    return DeepGemmRunner(host().resolve(spec, force="deepgemm:contiguous"), None)
+
+
+DSV3_EP8 = ("deepseek-ai/DeepSeek-V3", {"tp": 8, "ep": 8, "rank": 3})  # E_local 32, H 7168, I 2048
+QWEN3 = ("Qwen/Qwen3-30B-A3B", {})  # E 128, top-8, H 2048, I 768
+
+
+@pytest.mark.parametrize("quant", ["bf16", "fp8_block128"])
+@pytest.mark.parametrize("model, tokens, masked", [
+    (DSV3_EP8, 2048, True),  # 65,536 masked rows vs 20,480 contiguous: 3.2
+    (QWEN3, 2048, False),  # 262,144 vs 32,640: 8.03
+    (QWEN3, 512, True), (QWEN3, 1024, False),  # 3.22, 5.36
+    (DSV3_EP8, 4096, False),  # past MASKED_MAX_TOKENS
+    *[(m, t, True) for m in (DSV3_EP8, QWEN3) for t in (1, 4, 64, 128, 256)],  # decode
+], ids=str)
+def test_the_standard_calls_path_per_shape(fake_dg, quant, model, tokens, masked):
+    runner = _runner_for(model[0], quant, **model[1])
+    s = runner.spec
+    assert (s.local_experts, s.top_k) == ((32, 8) if model is DSV3_EP8 else (128, 8))
+    assert runner.uses_masked(tokens) is masked
+
+
+def test_each_rule_of_the_path_choice(fake_dg, monkeypatch):
+    import moe_plugin_deepgemm.runner as mod
+
+    dsv3 = _runner_for(DSV3_EP8[0], "bf16", **DSV3_EP8[1])
+    dsv3.masked_max_tokens = 8192  # 262,144 rows vs 69,632 (3.8) but 9.7 GB of buffers
+    assert dsv3.masked_bytes(8192) > mod.MASKED_MAX_BYTES and not dsv3.uses_masked(8192)
+    monkeypatch.setattr(mod, "MASKED_MAX_BYTES", 16 << 30)
+    assert dsv3.uses_masked(8192)
+    qwen = _runner_for(QWEN3[0], "bf16")  # at 2048 within the byte cap (2.95 GB): the ratio decides
+    assert qwen.masked_bytes(2048) <= mod.MASKED_MAX_BYTES and not qwen.uses_masked(2048)
+    monkeypatch.setattr(mod, "MASKED_ROW_RATIO", 9)
+    assert qwen.uses_masked(2048)
+    qwen.masked_max_tokens = 2047
+    assert not qwen.uses_masked(2048) and qwen.uses_masked(2047)
+    qwen.force_path = "contiguous"
+    assert not qwen.uses_masked(1)
+    qwen.force_path = "masked"
+    assert qwen.uses_masked(1 << 20)
+    qwen.force_path = "maskd"
+    with pytest.raises(ValueError, match="force_path"):
+        qwen.uses_masked(1)
+
+
+@pytest.mark.parametrize("tokens, path", [(1000, "masked"), (1100, "contiguous")])
+def test_the_standard_call_takes_the_path_uses_masked_picks(fake_dg, tokens, path):
+    """8 experts, top-1: at 1000 tokens 8 x 1024 masked rows = 4 x 2048 contiguous (the
+    bound, masked); at 1100, 9216 > 4 x 2176 (contiguous)."""
+    spec = MoESpec(num_experts=8, top_k=1, hidden_size=128, intermediate_size=128, quant="bf16",
+                   arch="sm90", max_tokens=2048)
+    plan = host().resolve(spec, force="deepgemm:contiguous")
+    weights = random_weights(spec, device="cpu")
+    runner = DeepGemmRunner(plan, prepare(plan, weights))
+    assert runner.uses_masked(tokens) is (path == "masked")
+    x, tw, ti = random_inputs(spec, tokens, device="cpu")
+    out = runner(x, tw, ti)
+    assert fake_dg.calls and all(c == f"bf16_{path}" for c in fake_dg.calls)
+    from moe_core.reference.experts import ReferenceRunner
+    ref = ReferenceRunner(host().resolve(spec, force="reference:loop"), weights)(x, tw, ti)
+    assert relative_error(out, ref) < 1e-2
 
 
 def test_masked_buffers_that_are_not_whole_tiles_are_padded(fake_dg):

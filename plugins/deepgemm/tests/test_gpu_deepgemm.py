@@ -45,6 +45,25 @@ def test_fused_kernel_matches_its_definition(limit, alpha):
     assert relative_error(deq, deq_ref) < 1e-2
 
 
+@pytest.mark.parametrize("E, M, I", [(3, 128, 768), (2, 10, 192)])  # Qwen3-30B's I; ragged
+def test_counted_bf16_activation_matches_apply_activation(E, M, I):
+    """The unfused masked paths' activation (silu_mul): apply_activation on each expert's
+    counted rows, rows past them never written."""
+    from moe_core import MoESpec
+    from moe_core.activations import apply_activation
+    from moe_plugin_deepgemm.fused_act import silu_mul
+
+    h = (torch.randn(E, M, 2 * I, device="cuda") * 3).to(torch.bfloat16)
+    counts = torch.tensor([M, 0, 3][:E], dtype=torch.int32, device="cuda")
+    out = torch.full((E, M, I), -4096.0, dtype=torch.bfloat16, device="cuda")
+    silu_mul(h, counts=counts, out=out)
+    spec = MoESpec(num_experts=4, top_k=1, hidden_size=128, intermediate_size=I)
+    want = apply_activation(spec, h.float()).to(torch.bfloat16)
+    for e, n in enumerate(counts.tolist()):
+        torch.testing.assert_close(out[e, :n].float(), want[e, :n].float(), rtol=2 ** -7, atol=1e-30)
+        assert bool((out[e, n:] == -4096.0).all()), f"expert {e}: a row past its count was written"
+
+
 def test_group_quant_kernel_matches_the_reference_quantizer():
     from moe_core.quant.fp8 import quantize_fp8_blockwise
     from moe_core.kernels.group_quant import quantize_groups
@@ -138,7 +157,7 @@ def _ep8_layer(host, quant, tokens):
 @pytest.mark.parametrize("path", ["masked", "contiguous"])
 def test_standard_layout_both_paths_under_ep_match_the_reference(host, quant, tokens, path):
     spec, weights, layer = _ep8_layer(host, quant, tokens)
-    layer.runner.masked_max_tokens = tokens if path == "masked" else tokens - 1
+    layer.runner.force_path = path
     x, tw, ti = random_inputs(spec, tokens)
     out = layer(x, tw, ti)
     ref = host.load(host.resolve(spec, force="reference:loop"), weights)(x, tw, ti)
@@ -151,8 +170,8 @@ def test_standard_layout_both_paths_under_ep_match_the_reference(host, quant, to
 @pytest.mark.parametrize("tokens", [64, 512], ids=["masked", "contiguous"])
 def test_a_loaded_layer_captures_in_a_cuda_graph_and_replays(host, quant, tokens):
     spec, _, layer = _ep8_layer(host, quant, tokens)
-    if tokens == 512:  # the contiguous path, which the standard call takes above its masked cap
-        layer.runner.masked_max_tokens = tokens - 1
+    if tokens == 512:  # the contiguous path, forced (uses_masked picks masked here)
+        layer.runner.force_path = "contiguous"
     graphed = layer.graphed([tokens], copy_out=False)  # warms up (compiles) outside the capture
     first = graphed(*random_inputs(spec, tokens, seed=1)).clone()
     fresh = random_inputs(spec, tokens, seed=2)

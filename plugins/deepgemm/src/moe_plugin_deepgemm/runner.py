@@ -5,26 +5,49 @@ from __future__ import annotations
 import torch
 
 from moe_core.activations import apply_activation
+from moe_core.kernels.align import capacity
 from moe_core.kernels.group_quant import quantize_groups
 from moe_core.kernels.permute import permute_contiguous, permute_masked, unpermute
 from moe_core.runner import GroupedRunner, expert_of_rows, masked_layout, valid_rows
 from moe_core.sizes import cdiv, round_up
-from moe_core.spec import Quant
+from moe_core.spec import Activation, Quant
 
 from .constraints import MASKED_ROWS
 
 RECIPE = (1, 128, 128)  # 1x128 activation groups, 128x128 weight blocks
-#: Standard-layout calls with at most this many tokens run the masked GEMMs (a
-#: ``[E, round_up(T, 128), H]`` buffer, experts without tokens skipped), larger ones the
-#: contiguous GEMMs (``T * k + E * 127`` rows, whose unused blocks DeepGEMM still loads).
-#: Measured on one H200 (2026-12-01, benchmarks/permute_bench.py, DeepSeek-V3 EP 8): the
-#: masked path was faster at every T it timed, 4 to 2048, bf16 and fp8 (2048: 1.65 vs 2.76 ms
-#: bf16, 0.65 vs 1.40 ms fp8). Its buffer grows as E * T, so it is also capped in bytes.
+#: Activations :func:`.fused_act.silu_mul` computes: the unfused masked paths run them on
+#: the counted rows only; others (gelu_gated, relu2) take ``apply_activation``, every row.
+COUNTED_ACTIVATIONS = (Activation.SILU_GATED, Activation.SWIGLU_LIMIT)
+#: The standard call's path (:meth:`DeepGemmRunner.uses_masked`, from ``T`` alone): the masked
+#: GEMMs over an ``[E, round_up(T, 128), H]`` buffer (experts without tokens skipped), or the
+#: contiguous GEMMs over ``T * k + E * (align - 1)`` rows (rounded up to ``align``; DeepGEMM
+#: still loads their unused blocks). Masked when all three hold: T <= MASKED_MAX_TOKENS, its
+#: buffers within MASKED_MAX_BYTES, and its rows at most MASKED_ROW_RATIO times the contiguous
+#: capacity. What was measured, one H200, CUDA-graph replays:
+#:
+#: * benchmarks/permute_bench.py (2026-12-01), DeepSeek-V3 EP 8 (E_local 32, top-8, H 7168,
+#:   I 2048) with tokens routed over all 256 experts: only ~2,075 of the 16,384 slots local at
+#:   T = 2048. Masked faster at every T timed, 4 to 2048 (2048: 1.65 vs 2.76 ms bf16, 0.65 vs
+#:   1.40 ms fp8).
+#: * benchmarks/layer_bench.py, whole layer, every slot local (16K routed rows at T = 2048).
+#:   DeepSeek-V3 EP 8 experts: the standard call (masked) 3.345 ms bf16 unfused vs 3.071 ms in
+#:   the contiguous layout; fp8 fused 1.576 ms masked (1.70 ms contiguous, an earlier run).
+#:   Qwen3-30B-A3B (E 128, top-8, H 2048, I 768): the standard call (masked) 1.723 ms bf16 /
+#:   1.658 ms fp8 vs 0.822 / 0.589 ms in the contiguous layout with exact per-expert alignment.
+#:   At T = 256, fp8: 0.385 ms standard vs 0.295 ms in the masked layout with a tight buffer.
+#:   A likely part of the masked cost: the unfused activation then ran over the whole buffer;
+#:   it now skips rows past each expert's count (not measured since, nor is the rule below).
+#:
+#: The row ratio is inferred from these three points, not swept: at T = 2048 DeepSeek-V3 EP 8
+#: has 65,536 masked rows vs 20,480 contiguous (3.2, masked kept; both of its runs: the
+#: capacity counts every slot, local or not), Qwen3-30B-A3B 262,144 vs 32,640 (8, contiguous);
+#: 4 lies between. The masked buffer grows as E * T, hence the cap in bytes too.
 MASKED_MAX_TOKENS = 2048
 #: The most the masked path's buffers may hold at once (:meth:`DeepGemmRunner.masked_bytes`:
 #: the input, both GEMM outputs); DeepSeek-V3 EP 8 at 2048 tokens in bf16 needs 2.4 GB.
 MASKED_MAX_BYTES = 3 << 30
-
+#: Masked buffer rows (``E * round_up(T, 128)``) allowed per contiguous capacity row.
+MASKED_ROW_RATIO = 4
 
 class DeepGemmRunner(GroupedRunner):
     """``contiguous*`` variants compute natively in the contiguous layout (rows per expert
@@ -47,11 +70,21 @@ class DeepGemmRunner(GroupedRunner):
 
     # -- pieces --------------------------------------------------------------------
     def _activation(self, h: torch.Tensor, counts: torch.Tensor | None = None):
+        """``h`` -> the second GEMM's operand. ``counts``: the masked layout's per-expert row
+        counts (rows past them are never read by the GEMMs, so they are not computed)."""
+        s = self.spec
         if self.fused:
             from .fused_act import fused_silu_mul_quant
 
-            return fused_silu_mul_quant(h, self.spec.swiglu_limit, self.spec.swiglu_alpha, counts)
-        a = apply_activation(self.spec, h)  # bf16, as the separate silu_and_mul kernels do
+            return fused_silu_mul_quant(h, s.swiglu_limit, s.swiglu_alpha, counts)
+        # Unfused: two steps, the activation in bf16, then (fp8) the group quantization.
+        if counts is not None and s.activation in COUNTED_ACTIVATIONS:
+            from .fused_act import silu_mul
+
+            # Rows < counts[e] only: over the whole [E, M, 2I] buffer the cost grows as E * M.
+            a = silu_mul(h, s.swiglu_limit, s.swiglu_alpha, counts)
+        else:
+            a = apply_activation(s, h)  # bf16, every row, as the separate silu_and_mul kernels do
         return quantize_groups(a, counts=counts) if self.fp8 else a
 
     def _gemm(self, a, which: str, layout, *, masked_m=None, expected_m=None):
@@ -81,20 +114,38 @@ class DeepGemmRunner(GroupedRunner):
         T = x.shape[0]
         if T == 0:
             return x.new_zeros(0, self.spec.hidden_size)
-        masked = T <= self.masked_max_tokens and self.masked_bytes(T) <= MASKED_MAX_BYTES
-        run = self._standard_masked if masked else self._standard_contiguous
+        run = self._standard_masked if self.uses_masked(T) else self._standard_contiguous
         return run(x, topk_weights, topk_ids)
+
+    #: The token count up to which :meth:`__call__` may take the masked GEMMs.
+    masked_max_tokens = MASKED_MAX_TOKENS
+    #: ``"masked"`` / ``"contiguous"``: the standard call's path forced (benchmarks, tests);
+    #: None: :meth:`uses_masked`'s rule.
+    force_path: str | None = None
+
+    def uses_masked(self, tokens: int) -> bool:
+        """Whether the standard call with ``tokens`` tokens takes the masked GEMMs (else the
+        contiguous ones): at most :attr:`masked_max_tokens` tokens, the buffers within
+        ``MASKED_MAX_BYTES``, and ``E * round_up(T, 128)`` rows at most ``MASKED_ROW_RATIO``
+        times the contiguous path's capacity (see the constants). From ``tokens`` alone, so
+        a captured CUDA graph replays the path it was captured with."""
+        if self.force_path is not None:
+            if self.force_path not in ("masked", "contiguous"):
+                raise ValueError(f"force_path must be 'masked', 'contiguous' or None, "
+                                 f"got {self.force_path!r}")
+            return self.force_path == "masked"
+        s = self.spec
+        masked_rows = s.local_experts * round_up(tokens, MASKED_ROWS)
+        contiguous_rows = capacity(tokens * s.top_k, s.local_experts, self.align)
+        return (tokens <= self.masked_max_tokens and self.masked_bytes(tokens) <= MASKED_MAX_BYTES
+                and masked_rows <= MASKED_ROW_RATIO * contiguous_rows)
 
     def masked_bytes(self, tokens: int) -> int:
         """Bytes of the masked path's buffers for ``tokens``: the input (fp8 or bf16), the
         first GEMM's bf16 output and the second's, each ``[E_local, round_up(T, 128), ...]``."""
         s = self.spec
         rows = s.local_experts * round_up(tokens, MASKED_ROWS)
-        return rows * (s.hidden_size * (1 if self.fp8 else 2) + self.weights.w13.shape[1] * 2
-                       + s.hidden_size * 2)
-
-    #: The token count up to which :meth:`__call__` takes the masked GEMMs.
-    masked_max_tokens = MASKED_MAX_TOKENS
+        return rows * (s.hidden_size * (1 if self.fp8 else 2) + s.w13_rows * 2 + s.hidden_size * 2)
 
     def _standard_masked(self, x, topk_weights, topk_ids) -> torch.Tensor:
         s, T = self.spec, x.shape[0]
