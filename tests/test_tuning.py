@@ -486,20 +486,49 @@ def test_the_default_objective_weighs_every_bucket_of_the_plans_regime():
     """A decode plan serves 1 to max_tokens tokens: the default scores each runner by its mean
     slowdown over those buckets, so the runner fastest only at max_tokens no longer wins."""
     decode = MoESpec(num_experts=32, top_k=8, hidden_size=7168, intermediate_size=2048, max_tokens=256)
-    measured = [1, 4, 16, 64, 256, 512, 2048]
     mean, at_max = Objective(), Objective.parse("max_tokens")
-    used, note = mean.buckets(decode, measured)
-    assert [b for b, _ in used] == [1, 4, 16, 64, 256] and not note
-    assert [b for b, _ in mean.buckets(decode.replace(max_tokens=100), measured)[0]] == [1, 4, 16, 64, 256]
-    # a prefill plan: its own range only (the decode counts go to the decode plan)
-    assert [b for b, _ in mean.buckets(decode.replace(max_tokens=2048), measured)[0]] == [512, 2048]
-    assert at_max.buckets(decode, measured) == ([(256, 1.0)], "")
     # whole-layer ms on an H200 (layer_bench, 2026-12-01, DeepSeek-V3 EP 8 bf16)
     ms = {"triton": (0.207, 0.478, 0.666, 0.690, 1.102), "cutlass": (0.305, 0.701, 0.994, 0.957, 0.882)}
-    times = {b: {n: t[i] for n, t in ms.items()} for i, b in enumerate((1, 4, 16, 64, 256))}
     names = ["cutlass", "triton"]
+    times = {b: {n: t[i] for n, t in ms.items()} for i, b in enumerate((1, 4, 16, 64, 256))}
+    times |= {b: {n: 1.0 for n in names} for b in (512, 2048)}
+    used, note = mean.buckets(decode, times, names)
+    assert [b for b, _ in used] == [1, 4, 16, 64, 256] and not note
+    assert [b for b, _ in mean.buckets(decode.replace(max_tokens=100), times, names)[0]] == [1, 4, 16, 64, 256]
+    # a prefill plan: its own range only (the decode counts go to the decode plan)
+    assert [b for b, _ in mean.buckets(decode.replace(max_tokens=2048), times, names)[0]] == [512, 2048]
+    assert at_max.buckets(decode, times, names) == ([(256, 1.0)], "")
     slow = mean.scores(used, times, names)
     assert slow[1] < slow[0] and slow[1] == pytest.approx((4 + 1.102 / 0.882) / 5)
     assert at_max.scores([(256, 1.0)], times, names) == [0.882, 1.102]
-    times[4]["triton"] = math.inf  # a runner that failed at one bucket ranks last
-    assert math.isinf(mean.scores(used, times, names)[1])
+    # a runner with no time at a small bucket (it declined that size): the bucket is left
+    # out, not the measurement; the max_tokens bucket stays required
+    partial = {b: dict(ts) for b, ts in times.items()}
+    del partial[4]["triton"]
+    assert [b for b, _ in mean.buckets(decode, partial, names)[0]] == [1, 16, 64, 256]
+    failed = {b: dict(ts) for b, ts in times.items()}
+    failed[4]["triton"] = math.inf  # a runner that failed at one bucket ranks last
+    assert math.isinf(mean.scores(used, failed, names)[1])
+    failed[16] = {n: math.inf for n in names}  # a bucket where all failed ranks no one
+    failed[4]["triton"] = 0.478
+    assert mean.scores(used, failed, names)[1] == pytest.approx((3 + 1.102 / 0.882) / 5)
+    zero = {1: {"cutlass": 0.0, "triton": 0.5}}  # a 0 ms fastest does not zero the others
+    assert mean.scores([(1, 1.0)], zero, names) == [0.0, pytest.approx(0.5e9)]
+
+
+def test_a_runner_that_declines_small_buckets_is_still_chosen_by_the_mean(clock, spec, tmp_path):
+    """``fast`` says no below 16 tokens (an alignment it needs), so its decode buckets 1 and 4
+    have no time: the mean slowdown scores the buckets both runners have, not the static order."""
+    def answer(s):
+        if s.max_tokens >= 16:
+            return [Verdict.yes("fast", "fast runs it")]
+        return [Verdict.no("fast", moe_core.Reason.SHAPE_UNALIGNED, "fast needs 16 tokens")]
+
+    fast = make_plugin([Variant("fast", 1)], answer, runner=costing(clock, lambda t: 0.2))
+    host = host_with(("big", plugin("big", clock, lambda t: 2 + t / 1000, priority=5)),
+                     ("fast", fast), reference=False)
+    decode = spec.replace(max_tokens=256)
+    tuned(host, decode, clock, tmp_path, buckets=[1, 4, 16, 64, 256])
+    plan = reader(host, tmp_path).resolve(decode)
+    assert str(plan.backend) == "fast:fast" and plan.selection.by is MEASUREMENT
+    assert "over 16, 64, 256 tokens" in plan.selection.reason

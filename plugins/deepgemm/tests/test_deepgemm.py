@@ -212,10 +212,10 @@ def test_contiguous_layout_from_a_dispatcher_through_the_stand_in(fake_dg):
 
 
 # -- the standard call's path: DeepGemmRunner.uses_masked ---------------------------------
-def _runner_for(model, quant, **kw):
-    """A runner without weights: the path depends on the spec and T alone."""
+def _runner_for(model, quant, variant="contiguous", **kw):
+    """A runner without weights: the path depends on the spec, the variant and T alone."""
     spec = spec_for_model(model, quant=quant, arch="sm90", **kw)
-    return DeepGemmRunner(host().resolve(spec, force="deepgemm:contiguous"), None)
+    return DeepGemmRunner(host().resolve(spec, force=f"deepgemm:{variant}"), None)
 
 
 DSV3_EP8 = ("deepseek-ai/DeepSeek-V3", {"tp": 8, "ep": 8, "rank": 3})  # E_local 32, H 7168, I 2048
@@ -224,32 +224,44 @@ QWEN3 = ("Qwen/Qwen3-30B-A3B", {})  # E 128, top-8, H 2048, I 768
 
 @pytest.mark.parametrize("quant", ["bf16", "fp8_block128"])
 @pytest.mark.parametrize("model, tokens, masked", [
-    (DSV3_EP8, 2048, True),  # 65,536 masked rows vs 20,480 contiguous: 3.2
-    (QWEN3, 2048, False),  # 262,144 vs 32,640: 8.03
-    (QWEN3, 512, True), (QWEN3, 1024, False),  # 3.22, 5.36
+    (DSV3_EP8, 2048, False),  # 65,536 masked rows vs 20,480 contiguous: 3.2 > 3 (unfused)
+    (DSV3_EP8, 512, True),  # 16,384 vs 8,192: 2.0
+    (QWEN3, 2048, False), (QWEN3, 1024, False), (QWEN3, 512, False),  # 8.03, 5.36, 3.22
     (DSV3_EP8, 4096, False),  # past MASKED_MAX_TOKENS
     *[(m, t, True) for m in (DSV3_EP8, QWEN3) for t in (1, 4, 64, 128, 256)],  # decode
 ], ids=str)
 def test_the_standard_calls_path_per_shape(fake_dg, quant, model, tokens, masked):
+    """The choices the H200 layer_bench (2026-12-01) measured as the faster path."""
     runner = _runner_for(model[0], quant, **model[1])
     s = runner.spec
     assert (s.local_experts, s.top_k) == ((32, 8) if model is DSV3_EP8 else (128, 8))
     assert runner.uses_masked(tokens) is masked
 
 
+def test_the_fused_activation_keeps_the_masked_path_longer(fake_dg):
+    """DeepSeek-V3 EP 8 fp8 at 2048 tokens (ratio 3.2): masked with the fused activation +
+    quant (1.576 vs 1.652 ms measured), contiguous without it (2.297 vs 1.876 ms)."""
+    fused = _runner_for(DSV3_EP8[0], "fp8_block128", "contiguous_fused", **DSV3_EP8[1])
+    assert fused.fused and fused.uses_masked(2048)
+    assert not _runner_for(DSV3_EP8[0], "fp8_block128", **DSV3_EP8[1]).uses_masked(2048)
+
+
 def test_each_rule_of_the_path_choice(fake_dg, monkeypatch):
     import moe_plugin_deepgemm.runner as mod
 
     dsv3 = _runner_for(DSV3_EP8[0], "bf16", **DSV3_EP8[1])
-    dsv3.masked_max_tokens = 8192  # 262,144 rows vs 69,632 (3.8) but 9.7 GB of buffers
+    monkeypatch.setattr(mod, "MASKED_MAX_TOKENS", 8192)
+    monkeypatch.setattr(mod, "MASKED_ROW_RATIO", {True: 4, False: 4})
+    # 8192 tokens: 262,144 rows vs 69,632 (3.8) but 9.7 GB of buffers
     assert dsv3.masked_bytes(8192) > mod.MASKED_MAX_BYTES and not dsv3.uses_masked(8192)
     monkeypatch.setattr(mod, "MASKED_MAX_BYTES", 16 << 30)
     assert dsv3.uses_masked(8192)
+    monkeypatch.setattr(mod, "MASKED_MAX_BYTES", 3 << 30)
     qwen = _runner_for(QWEN3[0], "bf16")  # at 2048 within the byte cap (2.95 GB): the ratio decides
     assert qwen.masked_bytes(2048) <= mod.MASKED_MAX_BYTES and not qwen.uses_masked(2048)
-    monkeypatch.setattr(mod, "MASKED_ROW_RATIO", 9)
+    monkeypatch.setattr(mod, "MASKED_ROW_RATIO", {True: 9, False: 9})
     assert qwen.uses_masked(2048)
-    qwen.masked_max_tokens = 2047
+    monkeypatch.setattr(mod, "MASKED_MAX_TOKENS", 2047)
     assert not qwen.uses_masked(2048) and qwen.uses_masked(2047)
     qwen.force_path = "contiguous"
     assert not qwen.uses_masked(1)
@@ -260,10 +272,10 @@ def test_each_rule_of_the_path_choice(fake_dg, monkeypatch):
         qwen.uses_masked(1)
 
 
-@pytest.mark.parametrize("tokens, path", [(1000, "masked"), (1100, "contiguous")])
+@pytest.mark.parametrize("tokens, path", [(512, "masked"), (640, "contiguous")])
 def test_the_standard_call_takes_the_path_uses_masked_picks(fake_dg, tokens, path):
-    """8 experts, top-1: at 1000 tokens 8 x 1024 masked rows = 4 x 2048 contiguous (the
-    bound, masked); at 1100, 9216 > 4 x 2176 (contiguous)."""
+    """8 experts, top-1, unfused (ratio 3): at 512 tokens 8 x 512 masked rows = 4,096 <=
+    3 x 1,536 contiguous (masked); at 640, 5,120 > 3 x 1,664 (contiguous)."""
     spec = MoESpec(num_experts=8, top_k=1, hidden_size=128, intermediate_size=128, quant="bf16",
                    arch="sm90", max_tokens=2048)
     plan = host().resolve(spec, force="deepgemm:contiguous")

@@ -208,9 +208,14 @@ class Objective:
             return "time at the max_tokens bucket"
         return "weighted sum of times: " + " + ".join(f"{w:g} x t({b})" for b, w in self.weights)
 
-    def buckets(self, spec: MoESpec, measured: list[int]) -> tuple[list[tuple[int, float]], str]:
-        """``([(bucket, weight)], note)`` for a layer of ``spec``; an empty list when a needed
-        bucket is unmeasured."""
+    def buckets(self, spec: MoESpec, times: dict[int, dict[str, float]],
+                names: list[str]) -> tuple[list[tuple[int, float]], str]:
+        """``([(bucket, weight)], note)`` for a layer of ``spec`` from ``times[bucket][name]``
+        (what was measured); an empty list when a needed bucket is unmeasured. The mean
+        slowdown leaves out a regime bucket where one of ``names`` has no time (a runner that
+        declines a size it never serves, e.g. below its token alignment); the bucket of
+        ``max_tokens`` is always needed."""
+        measured = sorted(times)
         max_tokens = spec.max_tokens
         if self.kind is ObjectiveKind.WEIGHTED:
             used = [(b, w) for b, w in self.weights if b <= max_tokens]
@@ -227,7 +232,8 @@ class Objective:
         if self.kind is ObjectiveKind.MAX_TOKENS:
             return top, note
         low = 0 if spec.token_regime is Regime.DECODE else DECODE_MAX_TOKENS
-        return [(b, 1.0) for b in measured if low < b < top[0][0]] + top, note
+        below = [(b, 1.0) for b in measured if low < b < top[0][0] and all(n in times[b] for n in names)]
+        return below + top, note
 
     def scores(self, used: list[tuple[int, float]], times: dict[int, dict[str, float]],
                names: list[str]) -> list[float]:
@@ -238,8 +244,10 @@ class Objective:
         out = [0.0] * len(names)
         for b, _ in used:
             fastest = min(times[b][n] for n in names)
-            for i, n in enumerate(names):  # a bucket where every runner failed ranks no one
-                out[i] += times[b][n] / fastest if math.isfinite(fastest) and fastest > 0 else 0.0
+            if not math.isfinite(fastest):
+                continue  # every runner failed here: the bucket ranks no one
+            for i, n in enumerate(names):  # a 0 ms fastest (a trivial layer) must not zero the rest
+                out[i] += times[b][n] / max(fastest, 1e-9)
         return [v / len(used) for v in out]
 
     def unit(self) -> str:
@@ -502,7 +510,7 @@ class TuningCache:
                                    f"planned in the {plan.dispatch.layout} layout here")
                 else:
                     times[b][name] = float(m["ms"])
-        weights, note = self.objective.buckets(spec, sorted(times))
+        weights, note = self.objective.buckets(spec, times, names)
         missing = [f"{n} at {b}" for b, _ in weights for n in names if n not in times[b]]
         shown_upto = max([b for b, _ in weights] or [spec.max_tokens])
         shown = tuple((b, tuple(sorted(((n, t) for n, t in ts.items() if math.isfinite(t)),

@@ -30,24 +30,27 @@ COUNTED_ACTIVATIONS = (Activation.SILU_GATED, Activation.SWIGLU_LIMIT)
 #:   T = 2048. Masked faster at every T timed, 4 to 2048 (2048: 1.65 vs 2.76 ms bf16, 0.65 vs
 #:   1.40 ms fp8).
 #: * benchmarks/layer_bench.py, whole layer, every slot local (16K routed rows at T = 2048).
-#:   DeepSeek-V3 EP 8 experts: the standard call (masked) 3.345 ms bf16 unfused vs 3.071 ms in
-#:   the contiguous layout; fp8 fused 1.576 ms masked (1.70 ms contiguous, an earlier run).
+#:   DeepSeek-V3 EP 8 experts: the standard call (masked) vs the contiguous layout, 3.345 vs
+#:   3.071 ms bf16 unfused, 2.297 vs 1.876 ms fp8 unfused, 1.576 vs 1.652 ms fp8 fused. At
+#:   T = 512 (ratio 2.0) masked won unfused too: 1.085 vs 1.406 ms bf16, 0.741 vs 0.853 fp8.
 #:   Qwen3-30B-A3B (E 128, top-8, H 2048, I 768): the standard call (masked) 1.723 ms bf16 /
 #:   1.658 ms fp8 vs 0.822 / 0.589 ms in the contiguous layout with exact per-expert alignment.
 #:   At T = 256, fp8: 0.385 ms standard vs 0.295 ms in the masked layout with a tight buffer.
 #:   A likely part of the masked cost: the unfused activation then ran over the whole buffer;
 #:   it now skips rows past each expert's count (not measured since, nor is the rule below).
 #:
-#: The row ratio is inferred from these three points, not swept: at T = 2048 DeepSeek-V3 EP 8
-#: has 65,536 masked rows vs 20,480 contiguous (3.2, masked kept; both of its runs: the
-#: capacity counts every slot, local or not), Qwen3-30B-A3B 262,144 vs 32,640 (8, contiguous);
-#: 4 lies between. The masked buffer grows as E * T, hence the cap in bytes too.
+#: The row ratio is inferred from these points, not swept. Masked rows / contiguous capacity
+#: (which counts every slot, local or not): DeepSeek-V3 EP 8 at T = 2048 3.2 (masked won only
+#: with the fused activation), at 512 2.0 (masked won); Qwen3-30B-A3B at 2048 8.0 and at 512
+#: 3.2 (0.674 vs 0.605 ms bf16, 0.556 vs 0.407 fp8: contiguous won). Hence 4 fused, 3 unfused.
+#: The masked buffer grows as E * T, hence the cap in bytes too.
 MASKED_MAX_TOKENS = 2048
 #: The most the masked path's buffers may hold at once (:meth:`DeepGemmRunner.masked_bytes`:
 #: the input, both GEMM outputs); DeepSeek-V3 EP 8 at 2048 tokens in bf16 needs 2.4 GB.
 MASKED_MAX_BYTES = 3 << 30
-#: Masked buffer rows (``E * round_up(T, 128)``) allowed per contiguous capacity row.
-MASKED_ROW_RATIO = 4
+#: Masked buffer rows (``E * round_up(T, 128)``) allowed per contiguous capacity row, by
+#: whether the activation is fused (True) or not.
+MASKED_ROW_RATIO = {True: 4, False: 3}
 
 class DeepGemmRunner(GroupedRunner):
     """``contiguous*`` variants compute natively in the contiguous layout (rows per expert
@@ -117,17 +120,15 @@ class DeepGemmRunner(GroupedRunner):
         run = self._standard_masked if self.uses_masked(T) else self._standard_contiguous
         return run(x, topk_weights, topk_ids)
 
-    #: The token count up to which :meth:`__call__` may take the masked GEMMs.
-    masked_max_tokens = MASKED_MAX_TOKENS
-    #: ``"masked"`` / ``"contiguous"``: the standard call's path forced (benchmarks, tests);
+    #: ``"masked" / ``"contiguous"``: the standard call's path forced (benchmarks, tests);
     #: None: :meth:`uses_masked`'s rule.
     force_path: str | None = None
 
     def uses_masked(self, tokens: int) -> bool:
         """Whether the standard call with ``tokens`` tokens takes the masked GEMMs (else the
-        contiguous ones): at most :attr:`masked_max_tokens` tokens, the buffers within
+        contiguous ones): at most ``MASKED_MAX_TOKENS`` tokens, the buffers within
         ``MASKED_MAX_BYTES``, and ``E * round_up(T, 128)`` rows at most ``MASKED_ROW_RATIO``
-        times the contiguous path's capacity (see the constants). From ``tokens`` alone, so
+        (by fused or not) times the contiguous path's capacity (see the constants). From ``tokens`` alone, so
         a captured CUDA graph replays the path it was captured with."""
         if self.force_path is not None:
             if self.force_path not in ("masked", "contiguous"):
@@ -137,8 +138,8 @@ class DeepGemmRunner(GroupedRunner):
         s = self.spec
         masked_rows = s.local_experts * round_up(tokens, MASKED_ROWS)
         contiguous_rows = capacity(tokens * s.top_k, s.local_experts, self.align)
-        return (tokens <= self.masked_max_tokens and self.masked_bytes(tokens) <= MASKED_MAX_BYTES
-                and masked_rows <= MASKED_ROW_RATIO * contiguous_rows)
+        return (tokens <= MASKED_MAX_TOKENS and self.masked_bytes(tokens) <= MASKED_MAX_BYTES
+                and masked_rows <= MASKED_ROW_RATIO[self.fused] * contiguous_rows)
 
     def masked_bytes(self, tokens: int) -> int:
         """Bytes of the masked path's buffers for ``tokens``: the input (fp8 or bf16), the
