@@ -159,10 +159,12 @@ _buffers: dict = {}  # one DeepEP buffer per (mode, size): NVSHMEM is set up onc
 
 def _cfg(spec: MoESpec, wire: Wire, low_latency: bool):
     from moe_core.dispatch import DispatchConfig
-    from moe_core.tokens import Layout
+    from moe_core.tokens import Layout, quantized_delivery
 
-    return DispatchConfig(spec.a2a, Layout.MASKED if low_latency else Layout.CONTIGUOUS, wire,
-                          spec.max_tokens, wire is not Wire.BF16)
+    layout = Layout.MASKED if low_latency else Layout.CONTIGUOUS
+    # as for a runner that consumes quantized tokens (DeepGEMM): FP8 arrives kept quantized
+    kept = quantized_delivery(layout, wire, quantized_input=True)
+    return DispatchConfig(spec.a2a, layout, wire, spec.max_tokens, bool(kept))
 
 
 def _safe(fn, *args, **kw) -> dict:

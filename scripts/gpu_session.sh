@@ -33,8 +33,9 @@ TUNE_ARGS=${TUNE_ARGS:---buckets 1,4,16,64,128,256,512,2048}
 LB_TOKENS=${LB_TOKENS:-1,4,16,64,256,512,2048}  # 2,048 tokens at top-8 = 16K routed rows
 NGPU=$(nvidia-smi -L | wc -l)
 
-wait_for() {  # wait_for STEP: until the other lane has logged STEP's exit (then use its table)
-    until grep -q "$1 rc=" "$W/stages.txt" 2>/dev/null; do sleep 5; done
+wait_for() {  # wait_for STEP: until the other lane logs STEP's exit, at most 15 min (then its table)
+    local until=$(( $(date +%s) + 900 ))
+    until grep -q "$1 rc=" "$W/stages.txt" 2>/dev/null || [ "$(date +%s)" -ge "$until" ]; do sleep 5; done
     [ -f "$W/triton/NVIDIA_H200.json" ] && export MOE_TRITON_CONFIGS=$W/triton
 }
 
@@ -136,6 +137,8 @@ case "${1:-start}" in
             python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target /tmp/site \
                 .carry/tf/*.whl || exit 1
         fi
+        # a second pipeline on a warm machine: the last one's stages are kept apart, not re-read
+        [ -f "$W/stages.txt" ] && mv "$W/stages.txt" "$W/stages-$(date +%H%M%S).txt"
         rm -rf "$REPO" "$W/done" && mkdir -p "$REPO" && cp -r . "$REPO"
         { date -u; nvidia-smi --query-gpu=name,driver_version --format=csv,noheader; nproc;
           python3 -c "import torch, triton, flashinfer, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'nccl', torch.cuda.nccl.version(), 'triton', triton.__version__, 'flashinfer', flashinfer.__version__, 'transformers', transformers.__version__)"; } \

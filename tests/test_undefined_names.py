@@ -1,6 +1,7 @@
 """Code no CPU test executes (benchmarks/, the device scripts, GPU-only paths) must at least
-define every name it uses: two GPU runs each lost a call to such a bug (a helper deleted in a
-refactor, a local deleted while a closure still read it). pyflakes reads the source; only
+define every name it uses: a GPU run lost a call to such a bug (a helper deleted in a
+refactor), and dispatch_bench deleted a local its timed closure reads (harmless only while
+nothing calls the closure after the ``del``). pyflakes reads the source; only
 its undefined-name findings fail here (style findings are not this test's business)."""
 
 from __future__ import annotations

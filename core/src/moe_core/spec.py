@@ -186,6 +186,14 @@ class MoESpec:
     def local_experts(self) -> int:
         return self.num_experts // self.ep_size
 
+    def rows_per_local_expert(self, tokens: int) -> float:
+        """Rows one of this rank's experts expects when each rank routes ``tokens`` tokens
+        (uniform routing): with an a2a dispatcher a rank receives every rank's slots for its
+        experts, ``tokens * top_k * ep / num_experts``; without one (a2a none) every rank runs
+        the same tokens and keeps its own slots, ``tokens * top_k / num_experts``."""
+        ranks = self.ep_size if self.a2a is not A2A.NONE else 1
+        return tokens * self.top_k * ranks / self.num_experts
+
     @property
     def first_expert(self) -> int:
         """Global id of this rank's first expert; its experts are contiguous."""

@@ -155,22 +155,42 @@ def test_a_device_table_overrides_the_rule_and_both_gemms_share_block_m(tmp_path
     assert table.lookup(5, "bf16", 1536, 2048) == tuned and table.lookup(5, "fp8_block128", 1536, 2048) is None
     # past the largest bucket tuned: the default rule, not decode tiles for a prefill
     assert table.lookup(4096, "bf16", 1536, 2048) is None
-    got = layer_configs(table, 5, dtype="bf16", top_k=8, local_experts=128, gemm1=(1536, 2048), gemm2=(2048, 768))
+    got = layer_configs(table, 5, dtype="bf16", rows_per_expert=5 * 8 / 128, gemm1=(1536, 2048), gemm2=(2048, 768))
     assert got.gemm1 == tuned and got.gemm2.block_m == 32 and got.gemm2.block_n == 64
     assert got.origin == ("tuned", "tuned")
-    other = layer_configs(table, 5, dtype="bf16", top_k=8, local_experts=128, gemm1=(4096, 7168), gemm2=(7168, 2048))
+    other = layer_configs(table, 5, dtype="bf16", rows_per_expert=5 * 8 / 128, gemm1=(4096, 7168), gemm2=(7168, 2048))
     assert other.origin == ("default", "default")
     assert "default rule" in ConfigTable.for_device("NVIDIA A100-SXM4-80GB").source
 
 
 def test_default_rule_reads_the_rows_each_local_expert_gets():
-    """Untuned shapes size row tiles by ``tokens * top_k / local_experts`` (a rank's load after
-    dispatch): DeepSeek-V3 under EP 8 at 256 tokens is 64 rows per local expert, not 8."""
+    """Untuned shapes size row tiles by the rows a local expert expects: DeepSeek-V3 under EP 8
+    with a dispatcher gets every rank's slots (64 rows an expert at 256 tokens, block_m 64);
+    without one every rank runs the same 256 tokens and keeps 1/8 of the slots (8 rows)."""
+    dispatched = MoESpec(num_experts=256, top_k=8, hidden_size=7168, intermediate_size=2048,
+                         tp_size=8, ep_size=8, a2a="deepep_ll", arch="sm90")
+    replicated = dispatched.replace(a2a="none")
+    assert dispatched.rows_per_local_expert(256) == 64 and replicated.rows_per_local_expert(256) == 8
     table = ConfigTable({})
-    ep8 = dict(dtype="bf16", top_k=8, local_experts=32, gemm1=(4096, 7168), gemm2=(7168, 2048))
-    assert layer_configs(table, 256, **ep8).gemm1.block_m == 64
-    assert layer_configs(table, 16, **ep8).gemm1.block_m == 16
-    assert layer_configs(table, 128, **ep8).gemm2.block_m == layer_configs(table, 128, **ep8).gemm1.block_m
+    shapes = dict(dtype="bf16", gemm1=(4096, 7168), gemm2=(7168, 2048))
+    for spec, block_m in ((dispatched, 64), (replicated, 16)):
+        got = layer_configs(table, 256, rows_per_expert=spec.rows_per_local_expert(256), **shapes)
+        assert got.gemm1.block_m == got.gemm2.block_m == block_m
+
+
+@pytest.mark.parametrize("a2a, block_m", [("torch_a2a", 64), ("none", 16)])
+def test_the_runner_sizes_its_tiles_by_the_rows_its_experts_get(a2a, block_m):
+    """The runner itself (weights off a GPU: the default rule) asks the spec: 64 tokens a rank,
+    top-8 over 64 experts at EP 8 are 64 rows an expert with a dispatcher, 8 without."""
+    from moe_core.synthetic import random_weights
+    from moe_plugin_triton.runner import TritonMoeRunner
+    from moe_plugin_triton.weights import prepare
+
+    spec = MoESpec(num_experts=64, top_k=8, hidden_size=256, intermediate_size=128, tp_size=8,
+                   ep_size=8, a2a=a2a, arch="sm90", max_tokens=64)
+    plan = Host().resolve(spec, force="triton:bf16")
+    runner = TritonMoeRunner(plan, prepare(plan, random_weights(spec, device="cpu")))
+    assert runner.configs(64).gemm1.block_m == block_m
 
 
 def test_fp8_steps_never_span_two_scale_groups():

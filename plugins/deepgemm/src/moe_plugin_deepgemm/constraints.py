@@ -78,8 +78,9 @@ def _activation(spec, fused: bool) -> Why | None:
                     f"intermediate per partition {spec.intermediate_per_partition}")
         return None  # rows: multiples of 128 in every layout we run (MASKED_ROWS, alignment)
     if spec.activation is Activation.SWIGLU_LIMIT:
-        return (Reason.ACTIVATION_UNSUPPORTED, "a SwiGLU clamp limit is applied only by the fused "
-                                               "activation kernel; the unfused path has none")
+        return (Reason.ACTIVATION_UNSUPPORTED, "a SwiGLU clamp limit is declared only for the fused "
+                                               "activation kernel (deepgemm:*_fused), not the unfused "
+                                               "variants")
     return None
 
 

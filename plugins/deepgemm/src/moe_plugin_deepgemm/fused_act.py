@@ -53,17 +53,9 @@ def _kernel():
 
     # Module globals, not locals: Triton's interpreter runs a kernel against its module's
     # globals (a closure's names are not seen), and this kernel is defined in a function.
-    global fp8_grid_values, fp8_group_scales, round_bf16
+    global fp8_grid_values, fp8_group_scales, round_to_bf16_grid
+    from moe_core.kernels.triton_bf16 import round_to_bf16_grid
     from moe_core.kernels.triton_fp8 import fp8_grid_values, fp8_group_scales
-
-    # Triton's interpreter truncates fp32 -> bf16 casts (a GPU rounds to nearest even); when
-    # interpreting, the kernel rounds in fp32 first, as moe_plugin_triton's kernels do.
-    @triton.jit
-    def round_bf16(x):
-        """Round to nearest even on the bf16 grid, in fp32."""
-        bits = x.to(tl.uint32, bitcast=True)
-        bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
-        return bits.to(tl.float32, bitcast=True)
 
     @triton.jit
     def silu_mul_quant(h_ptr, q_ptr, s_ptr, cnt_ptr, M, I, limit, alpha,
@@ -105,7 +97,7 @@ def _kernel():
             tl.store(s_ptr + s_off, scale, mask=fit)
         else:
             if INTERPRETED:
-                a = round_bf16(a)
+                a = round_to_bf16_grid(a)
             tl.store(q_row + cols[None, :], a.to(tl.bfloat16), mask=fit)
 
     return silu_mul_quant

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from moe_core.activations import apply_activation
@@ -15,9 +17,10 @@ from moe_core.spec import Activation, Quant
 from .constraints import MASKED_ROWS
 
 RECIPE = (1, 128, 128)  # 1x128 activation groups, 128x128 weight blocks
-#: Activations :func:`.fused_act.silu_mul` computes: the unfused masked paths run them on
-#: the counted rows only; others (gelu_gated, relu2) take ``apply_activation``, every row.
-COUNTED_ACTIVATIONS = (Activation.SILU_GATED, Activation.SWIGLU_LIMIT)
+#: Activations of the unfused variants that :func:`.fused_act.silu_mul` computes on the counted
+#: rows only; the others (gelu_gated, relu2) take ``apply_activation``, every row. (A SwiGLU
+#: clamp is declared for the fused variants alone: constraints.py.)
+COUNTED_ACTIVATIONS = (Activation.SILU_GATED,)
 #: The standard call's path (:meth:`DeepGemmRunner.uses_masked`, from ``T`` alone): the masked
 #: GEMMs over an ``[E, round_up(T, 128), H]`` buffer (experts without tokens skipped), or the
 #: contiguous GEMMs over ``T * k + E * (align - 1)`` rows (rounded up to ``align``; DeepGEMM
@@ -68,7 +71,7 @@ class DeepGemmRunner(GroupedRunner):
         self.align = deep_gemm.get_mk_alignment_for_contiguous_layout()
         # DeepGEMM's hint for masked kernels: tokens an expert is expected to get.
         s = self.spec
-        self.expected_m = max(1, -(-s.max_tokens * s.ep_size * s.top_k // s.num_experts))
+        self.expected_m = max(1, math.ceil(s.rows_per_local_expert(s.max_tokens)))
         #: (block_m, threshold) of the last masked down GEMM, only when overlap is on (S5).
 
     # -- pieces --------------------------------------------------------------------

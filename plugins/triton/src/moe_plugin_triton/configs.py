@@ -160,13 +160,12 @@ class LayerConfigs:
     origin: tuple[str, str]
 
 
-def layer_configs(table: ConfigTable, tokens: int, *, dtype: str, top_k: int, local_experts: int,
+def layer_configs(table: ConfigTable, tokens: int, *, dtype: str, rows_per_expert: float,
                   gemm1: tuple[int, int], gemm2: tuple[int, int],
                   shared_limit: int | None = None) -> LayerConfigs:
     """Tiles for ``tokens`` tokens; ``gemm1``/``gemm2`` are their (N, K). The default rule
-    assumes every slot is local (a rank's load after dispatch, the routing the tables are
-    tuned on): ``tokens * top_k`` rows over ``local_experts``."""
-    rows = tokens * top_k / local_experts
+    sizes row tiles by ``rows_per_expert`` (``MoESpec.rows_per_local_expert``)."""
+    rows = rows_per_expert
     found = [table.lookup(tokens, dtype, *gemm1), table.lookup(tokens, dtype, *gemm2)]
     c1, c2 = (c or default_config(rows, dtype) for c in found)
     c2 = dataclasses.replace(c2, block_m=c1.block_m)  # one sorted layout for both GEMMs

@@ -26,6 +26,7 @@ import triton.language as tl
 import torch
 
 from moe_core.kernels import interpreting
+from moe_core.kernels.triton_bf16 import round_to_bf16_grid
 from moe_core.kernels.triton_fp8 import fp8_grid_values, fp8_group_scales
 from moe_core.sizes import cdiv
 from moe_core.spec import Activation
@@ -46,17 +47,8 @@ def activation_code(spec) -> int:
 
 # Triton's interpreter truncates fp32 -> bf16 casts and mis-rounds fp32 -> e4m3 ones (ties,
 # carries: 7.8 -> 4.0); on values already on the target grid it is exact. When interpreting,
-# the kernels round in fp32 first: bf16 with this function, e4m3 in
+# the kernels round in fp32 first: bf16 with moe_core.kernels.triton_bf16, e4m3 in
 # moe_core.kernels.triton_fp8.fp8_grid_values (a GPU never runs either rounding).
-@triton.jit
-def _round_bf16(x):
-    """Round to nearest even on the bf16 grid, in fp32."""
-    bits = x.to(tl.uint32, bitcast=True)
-    bits = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
-    return bits.to(tl.float32, bitcast=True)
-
-
-# Token-dependent ints are not specialised on (divisibility by 16 would recompile).
 @triton.jit(do_not_specialize=["num_slots", "num_blocks", "top_k", "stride_asm", "stride_ask"])
 def moe_gemm(a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, bias_ptr, c_ptr,
              sorted_slots_ptr, block_expert_ptr,
@@ -123,7 +115,7 @@ def moe_gemm(a_ptr, a_scale_ptr, b_ptr, b_scale_ptr, bias_ptr, c_ptr,
     if HAS_BIAS:
         acc += tl.load(bias_ptr + expert.to(tl.int64) * stride_biase + b_cols)[None, :]
     if INTERPRET:
-        acc = _round_bf16(acc)
+        acc = round_to_bf16_grid(acc)
     c_ptrs = c_ptr + rows[:, None].to(tl.int64) * stride_cm + cols[None, :] * stride_cn
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=valid[:, None] & (cols[None, :] < N))
 
@@ -165,7 +157,7 @@ def activate(h_ptr, out_ptr, scale_ptr, slot_rows_ptr, I, stride_hm, stride_om, 
         tl.store(scale_ptr + g * stride_sg + row.to(tl.int64) * stride_sm, scale, mask=g * 128 < I)
     else:
         if INTERPRET:
-            a = _round_bf16(a)
+            a = round_to_bf16_grid(a)
         tl.store(out_row + cols, a.to(tl.bfloat16), mask=live)
 
 

@@ -54,7 +54,7 @@ class TritonMoeRunner(GroupedRunner):
         if got is None:
             s = self.spec
             got = self._configs[tokens] = layer_configs(
-                self.table, tokens, dtype=self.dtype, top_k=s.top_k, local_experts=s.local_experts,
+                self.table, tokens, dtype=self.dtype, rows_per_expert=s.rows_per_local_expert(tokens),
                 gemm1=(s.w13_rows, self.hidden), gemm2=(self.hidden, self.inter),
                 shared_limit=self.shared)
         return got
