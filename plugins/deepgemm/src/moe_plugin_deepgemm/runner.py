@@ -242,7 +242,6 @@ class DeepGemmRunner(GroupedRunner):
     def _aligned(self, offsets: torch.Tensor, n: int):
         """DeepGEMM's aligned contiguous layout for ``n`` rows grouped by ``offsets``: each
         row's destination, the per-row expert index (-1: padding) and the row count."""
-        E = self.spec.local_experts
         counts = offsets.diff()
         padded = (counts + self.align - 1) // self.align * self.align
         starts = padded.cumsum(0) - padded
