@@ -104,6 +104,29 @@ def why_not(impl: str, tokens: int, preset: dict) -> str | None:
     return None
 
 
+def tune_model(model, sizes) -> str:
+    """What a user runs once per machine: ``moe tune`` on ``model``'s layer specs (one per
+    distinct layer, at the benchmark's token counts and the decode plan's size, into a
+    throwaway cache); the model's moe_core layers then resolve with a host reading it."""
+    import tempfile
+
+    import moe_core.integrations.transformers as moe_tf
+    from moe_core import Host
+    from moe_core.integrations.hf_experts import Options
+    from moe_core.tuning import TuningCache, spec_key, tune
+
+    specs = {spec_key(res.plan.spec): res.plan.spec for layer in moe_tf.report(model).layers
+             for res in layer.resolutions.values() if res.plan is not None}
+    buckets = sorted({n for _, n in sizes} | {Options().decode_tokens})
+    cache = TuningCache(tempfile.mkdtemp(prefix="transformers-bench-tune-"))
+    t0 = time.perf_counter()
+    report = tune(list(specs.values()), buckets=buckets, cache=cache)
+    moe_tf.configure(model, host=Host(measurements=cache))
+    chosen = sorted({lay.chosen for lay in report.layers if lay.chosen})
+    return (f"moe tune: {len(specs)} layer spec(s), buckets {buckets}, {time.perf_counter() - t0:.1f} s; "
+            f"chosen {', '.join(chosen)}")
+
+
 def set_implementation(model, impl: str) -> str | None:
     """Switch ``model`` to ``impl``; the reason when it cannot run here."""
     from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
@@ -143,6 +166,9 @@ def measure(model, impls, preset, device, ep: int, sizes, ep_impl: str | None = 
             plans = {g: sorted({str(r.resolutions[g].plan.backend) for r in rep.layers})
                      for g in ("decode", "prefill")}
             plans["dispatcher"] = sorted({str(r.dispatcher(g)) for r in rep.layers for g in r.resolutions})
+            sel = [r.resolutions[g].plan.selection for r in rep.layers for g in r.resolutions]
+            plans["selected_by"] = sorted({str(x.by) for x in sel})
+            plans["from_measurements"] = all(x.times for x in sel)  # the host read tuning times
         for s in sizes:
             row = dict(impl=impl, ep_impl=ep_impl, kind=s[0], tokens=s[1], ms=None, first_s=None,
                        rel_err=None, note=skip or why_not(impl, s[1], preset), plans=plans)
@@ -246,7 +272,7 @@ def report_results(results: list[dict], plot_path: str | None) -> None:
             print(plot(res["rows"], path, res["title"]))
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="qwen3-30b-a3b", help=f"one of {', '.join(PRESETS)}, or several, comma-separated")
     ap.add_argument("--ep", type=int, default=1, help="expert-parallel size (run under torchrun)")
@@ -260,7 +286,10 @@ def main() -> None:
     ap.add_argument("--from-json", default=None,
                     help="print and plot the results of an earlier run (no GPU needed): the GPU "
                          "machine may have no matplotlib")
-    a = ap.parse_args()
+    ap.add_argument("--no-tune", dest="tune", action="store_false",
+                    help="one GPU: skip `moe tune` on the model's layers before the moe_core rows "
+                         "(they then show the static priority order, not a tuned machine's choice)")
+    a = ap.parse_args(argv)
     if a.from_json:
         results = json.loads(Path(a.from_json).read_text())["results"]
         report_results(results, a.plot)
@@ -296,6 +325,8 @@ def main() -> None:
             rows = run_ep(preset, name, a.ep, device, a.root, sizes)
         else:
             model = build(preset, device)
+            if a.tune and "moe_core" in a.impls.split(","):
+                print(tune_model(model, sizes), flush=True)
             rows = measure(model, a.impls.split(","), preset, device, 1, sizes)
             del model
         title = (f"{name} ({preset['family']}, {preset['layers']} layers, E={preset['experts']} "

@@ -1,0 +1,36 @@
+"""benchmarks/transformers_bench.py on the CPU (its --device cpu smoke run): every row is
+timed or says why not, moe_core's logits match grouped_mm's, and with tuning (the default)
+the moe_core rows resolve through a host that read `moe tune`'s measurements."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+pytest.importorskip("transformers")
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+
+
+@pytest.mark.parametrize("tune", [True, False])
+def test_the_cpu_smoke_run_times_every_implementation(tmp_path, capsys, monkeypatch, tune):
+    import transformers_bench as tb
+
+    monkeypatch.setenv("MOE_TUNING", "0")  # no user cache: untuned means the static order
+
+    out = tmp_path / "tf.json"
+    argv = ["--preset", "tiny", "--device", "cpu", "--decode", "1,4", "--prefill", "16",
+            "--impls", "grouped_mm,moe_core", "--out", str(out)] + ([] if tune else ["--no-tune"])
+    tb.main(argv)
+    printed = capsys.readouterr().out
+    assert ("moe tune: 1 layer spec(s), buckets [1, 4, 16, 256]" in printed) is tune
+    rows = json.loads(out.read_text())["results"][0]["rows"]
+    assert {(r["impl"], r["tokens"]) for r in rows} == {(i, t) for i in ("grouped_mm", "moe_core")
+                                                        for t in (1, 4, 16)}
+    ours = [r for r in rows if r["impl"] == "moe_core"]
+    assert all(r["ms"] > 0 and r["rel_err"] < 1e-2 for r in ours), ours
+    plans = ours[0]["plans"]
+    assert all(r["plans"] == plans for r in ours) and plans["decode"] == ["reference:loop"]
+    assert plans["from_measurements"] is tune  # the layers resolved through the tuned host
