@@ -131,12 +131,33 @@ class HostReads(TorchFunctionMode):
         return func(*args, **(kwargs or {}))
 
 
+def one_rank_all_to_all(layout, wire, *, kept: bool, hidden: int, top_k: int, tokens: int):
+    """``torch:all_to_all`` over a group of one rank (16 local experts from 0), built without
+    a process group: the caller patches ``dist.all_to_all_single`` to a copy."""
+    from moe_core.tokens import Layout
+    from moe_core.torch_dispatch.a2a import TorchAllToAll
+
+    d = TorchAllToAll.__new__(TorchAllToAll)
+    d.group, d.ranks, d.local, d.first, d.layout, d.max_m = None, 1, 16, 0, layout, tokens
+    d.cfg = type("Cfg", (), dict(deliver_quantized=kept and layout is not Layout.STANDARD,
+                                 max_tokens_per_rank=tokens))
+    d.rows = R.RowFormat(hidden, top_k, wire)
+    return d
+
+
+def identity_output(got):
+    """What identity experts return for a dispatch: its bf16 rows (zeros shaped like the FP8
+    rows when they arrive kept quantized)."""
+    if got.x is not None:
+        return got.x
+    q = got.quantized[0]
+    return torch.zeros(*q.shape, dtype=torch.bfloat16, device=q.device)
+
+
 SYNC_CHECK = textwrap.dedent("""
     import torch, torch.distributed as dist
     import test_a2a_rows as t
     from moe_core.tokens import Layout, Wire
-    from moe_core.torch_dispatch.a2a import TorchAllToAll
-    from moe_core.torch_dispatch.rows import RowFormat
 
     def copy(out, inp, out_splits=None, in_splits=None, group=None):  # a group of one rank
         out.copy_(inp)
@@ -144,16 +165,10 @@ SYNC_CHECK = textwrap.dedent("""
     x, ids, w = t._tokens(7)
     for layout in Layout:
         for wire, kept in ((Wire.BF16, False), (Wire.FP8, False), (Wire.FP8, True)):
-            d = TorchAllToAll.__new__(TorchAllToAll)
-            d.group, d.ranks, d.local, d.first, d.layout, d.max_m = None, 1, 16, 0, layout, 8
-            d.cfg = type("Cfg", (), dict(deliver_quantized=kept and layout is not Layout.STANDARD,
-                                         max_tokens_per_rank=8))
-            d.rows = RowFormat(t.H, t.K, wire)
+            d = t.one_rank_all_to_all(layout, wire, kept=kept, hidden=t.H, top_k=t.K, tokens=8)
             with t.HostReads() as reads:
                 got = d.dispatch(x, ids, w)
-                y = got.x if got.x is not None else torch.zeros(
-                    *got.quantized[0].shape, dtype=torch.bfloat16)
-                d.combine(y, got)
+                d.combine(t.identity_output(got), got)
             assert reads.calls == ["tolist"], (layout, wire, reads.calls)
     print("one read")
 """)

@@ -123,10 +123,9 @@ def test_torch_all_to_all_reads_the_device_once():
     """dispatch + combine on CUDA (a one-rank exchange): CUDA's sync debug mode sees one
     synchronisation, the count exchange's read of the split sizes."""
     import torch.distributed as dist
+    from test_a2a_rows import identity_output, one_rank_all_to_all
 
     from moe_core.tokens import Layout, Wire
-    from moe_core.torch_dispatch.a2a import TorchAllToAll
-    from moe_core.torch_dispatch.rows import RowFormat
 
     real = dist.all_to_all_single
     dist.all_to_all_single = lambda out, inp, *a, **k: out.copy_(inp)
@@ -137,15 +136,10 @@ def test_torch_all_to_all_reads_the_device_once():
         w = torch.full((64, 8), 0.125, device="cuda")
         for layout in Layout:
             for wire, kept in ((Wire.BF16, False), (Wire.FP8, False), (Wire.FP8, True)):
-                d = TorchAllToAll.__new__(TorchAllToAll)
-                d.group, d.ranks, d.local, d.first, d.layout, d.max_m = None, 1, 16, 0, layout, 64
-                d.cfg = type("Cfg", (), dict(deliver_quantized=kept and layout is not Layout.STANDARD,
-                                             max_tokens_per_rank=64))
-                d.rows = RowFormat(7168, 8, wire)
+                d = one_rank_all_to_all(layout, wire, kept=kept, hidden=7168, top_k=8, tokens=64)
                 for _ in range(2):  # warm: Triton compiles on the first call
                     got = d.dispatch(x, ids, w)
-                    y = got.x if got.x is not None else torch.zeros(
-                        *got.quantized[0].shape, dtype=torch.bfloat16, device="cuda")
+                    y = identity_output(got)
                     d.combine(y, got)
                 torch.cuda.synchronize()
                 with warnings.catch_warnings(record=True) as seen:
