@@ -1,5 +1,6 @@
-"""What the GPU benchmarks share: timing loops. The ceilings they divide by are measured in
-the same run (:mod:`ceilings`), never assumed."""
+"""What the GPU benchmarks share: timing loops, and the tuning a user runs once per machine
+before the host's choice is timed. The ceilings they divide by are measured in the same run
+(:mod:`ceilings`), never assumed."""
 
 from __future__ import annotations
 
@@ -143,3 +144,21 @@ def timed(fn, iters=20):
     end.record()
     torch.cuda.synchronize()
     return start.elapsed_time(end) / iters, first
+
+
+def tuned_host(jobs, *, registry=None, budget_s: float | None = None):
+    """``moe tune`` on each ``(specs, buckets)`` of ``jobs`` into a throwaway cache (no earlier
+    run's times count), as a user runs it once per machine. Returns ``(a host reading those
+    measurements, the backends tuning chose, seconds)``; a tuning error propagates."""
+    import tempfile
+
+    from moe_core import Host
+    from moe_core.tuning import TuningCache, tune
+
+    cache = TuningCache(tempfile.mkdtemp(prefix="moe-bench-tune-"))
+    t0 = time.perf_counter()
+    chosen: set[str] = set()
+    for specs, buckets in jobs:
+        report = tune(specs, host=Host(registry), buckets=buckets, cache=cache, budget_s=budget_s)
+        chosen |= {lay.chosen for lay in report.layers if lay.chosen}
+    return Host(registry, measurements=cache), sorted(chosen), time.perf_counter() - t0

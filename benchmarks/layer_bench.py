@@ -45,6 +45,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import ceilings as measured  # noqa: E402
+import common  # noqa: E402
 from common import L2_FLUSH_BYTES, time_call  # noqa: E402
 from peers import PeerUnavailable  # noqa: E402
 
@@ -456,20 +457,14 @@ def measure_row(c: Contender, row: Row, x, tw, ti, flops: int, want, ceil, budge
 def tuned_host(host: Host, plans: dict, regimes: dict, log) -> Host:
     """A host whose runner order comes from ``moe tune`` on this panel's layers (in a
     throwaway cache, so no earlier run's times count); ``host`` where tuning fails."""
-    import tempfile
-
-    from moe_core.tuning import TuningCache, tune
-
-    cache = TuningCache(tempfile.mkdtemp(prefix="layer-bench-tune-"))
-    t0 = time.perf_counter()
     try:
-        for regime, s in plans.items():
-            tune(s, host=Host(host.registry), buckets=regimes[regime], cache=cache, budget_s=0.3)
+        tuned, _, seconds = common.tuned_host([(s, regimes[regime]) for regime, s in plans.items()],
+                                              registry=host.registry, budget_s=0.3)
     except Exception as e:  # noqa: BLE001 - the host row says it is the static order
         log(f"  moe tune failed ({type(e).__name__}: {e}); the host row uses the static order")
         return host
-    log(f"  moe tune: {time.perf_counter() - t0:.1f} s")
-    return Host(host.registry, measurements=cache)
+    log(f"  moe tune: {seconds:.1f} s")
+    return tuned
 
 
 def run_panel(name: str, shape: Shape, quant: Quant, tokens: tuple[int, ...], args, host: Host,

@@ -108,22 +108,16 @@ def tune_model(model, sizes) -> str:
     """What a user runs once per machine: ``moe tune`` on ``model``'s layer specs (one per
     distinct layer, at the benchmark's token counts and the decode plan's size, into a
     throwaway cache); the model's moe_core layers then resolve with a host reading it."""
-    import tempfile
-
     import moe_core.integrations.transformers as moe_tf
-    from moe_core import Host
     from moe_core.integrations.hf_experts import Options
-    from moe_core.tuning import TuningCache, spec_key, tune
+    from moe_core.tuning import spec_key
 
     specs = {spec_key(res.plan.spec): res.plan.spec for layer in moe_tf.report(model).layers
              for res in layer.resolutions.values() if res.plan is not None}
     buckets = sorted({n for _, n in sizes} | {Options().decode_tokens})
-    cache = TuningCache(tempfile.mkdtemp(prefix="transformers-bench-tune-"))
-    t0 = time.perf_counter()
-    report = tune(list(specs.values()), buckets=buckets, cache=cache)
-    moe_tf.configure(model, host=Host(measurements=cache))
-    chosen = sorted({lay.chosen for lay in report.layers if lay.chosen})
-    return (f"moe tune: {len(specs)} layer spec(s), buckets {buckets}, {time.perf_counter() - t0:.1f} s; "
+    host, chosen, seconds = common.tuned_host([(list(specs.values()), buckets)])
+    moe_tf.configure(model, host=host)
+    return (f"moe tune: {len(specs)} layer spec(s), buckets {buckets}, {seconds:.1f} s; "
             f"chosen {', '.join(chosen)}")
 
 
