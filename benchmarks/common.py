@@ -146,6 +146,32 @@ def timed(fn, iters=20):
     return start.elapsed_time(end) / iters, first
 
 
+def kernel_breakdown(fn: Callable[[], object], iters: int = 5, top: int = 12) -> list[dict]:
+    """Where ``fn``'s time goes: ``fn()`` called eagerly ``iters`` times under torch.profiler,
+    the ``top`` kernels (CPU ops off a GPU) by their own time, each as ``{"name", "us"
+    (per call of fn), "launches" (per call of fn)}``, largest first, and ``"other"`` summing
+    the rest. Kernel times do not depend on graph capture, so eager calls stand for replays."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    fn()  # compiles and caches out of the profile
+    if cuda:
+        torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]) as prof:
+        for _ in range(iters):
+            fn()
+        if cuda:
+            torch.cuda.synchronize()
+    own = [(e.key, (e.self_device_time_total if cuda else e.self_cpu_time_total) / iters, e.count / iters)
+           for e in prof.key_averages()]
+    own = sorted((o for o in own if o[1] > 0), key=lambda o: -o[1])
+    out = [dict(name=k, us=round(us, 2), launches=n) for k, us, n in own[:top]]
+    rest = sum(us for _, us, _ in own[top:])
+    if rest:
+        out.append(dict(name="other", us=round(rest, 2), launches=sum(n for *_, n in own[top:])))
+    return out
+
+
 def tuned_host(jobs, *, registry=None, budget_s: float | None = None):
     """``moe tune`` on each ``(specs, buckets)`` of ``jobs`` into a throwaway cache (no earlier
     run's times count), as a user runs it once per machine. Returns ``(a host reading those

@@ -138,6 +138,9 @@ class Row:
     rel_err: float | None = None
     tolerance: float | None = None
     note: str | None = None
+    #: ``--profile``: the kernels the call launches and their time per call
+    #: (``common.kernel_breakdown``), largest first.
+    kernels: list[dict] | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -214,6 +217,8 @@ class Call:
     own_graph: bool = False
     #: Why it is timed eagerly without trying a capture (None: try one).
     no_capture: str | None = None
+    #: The same call without its own graph (``--profile`` runs it eagerly); None: ``fn``.
+    eager: Callable[[], torch.Tensor] | None = None
 
 
 @dataclass
@@ -239,7 +244,8 @@ def layer_call(layer, x, tw, ti) -> Call:
         g = layer.graphed([x.shape[0]], copy_out=False)
     except GraphError as e:
         return Call(lambda: layer(x, tw, ti), no_capture=str(e))
-    return Call(lambda: g(x, tw, ti), note="MoELayer.graphed()", own_graph=True)
+    return Call(lambda: g(x, tw, ti), note="MoELayer.graphed()", own_graph=True,
+                eager=lambda: layer(x, tw, ti))
 
 
 def layout_call(layer, layout: Layout, x, tw, ti) -> Call:
@@ -433,14 +439,18 @@ def _why(e: BaseException) -> str:
         f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
 
 
-def measure_row(c: Contender, row: Row, x, tw, ti, flops: int, want, ceil, budget_s: float) -> None:
-    """Time ``c`` on the inputs and fill ``row`` (its reason where it cannot run)."""
+def measure_row(c: Contender, row: Row, x, tw, ti, flops: int, want, ceil, budget_s: float,
+                profile: bool = False) -> None:
+    """Time ``c`` on the inputs and fill ``row`` (its reason where it cannot run); with
+    ``profile``, also the kernels of one call (``row.kernels``)."""
     from moe_core.reference.oracle import relative_error
 
     try:
         call = c.make(x, tw, ti)
         t = time_call(call.fn, graph=not (call.own_graph or call.no_capture), budget_s=budget_s)
         got = call.to_tokens(t.output)[:want.shape[0]]  # the numbers of what was timed
+        if profile:
+            row.kernels = common.kernel_breakdown(call.eager or call.fn)
     except Exception as e:  # noqa: BLE001 - the row says why it did not run
         row.reason = _why(e)
         if torch.cuda.is_available():
@@ -514,8 +524,10 @@ def run_panel(name: str, shape: Shape, quant: Quant, tokens: tuple[int, ...], ar
             row = Row(name, quant.value, T, rr, c.name, c.kind, c.backend, reason=c.reason,
                       weight_bytes=wbytes, tolerance=tolerance(quant))
             if c.reason is None:
-                measure_row(c, row, x, tw, ti, flops, want[:min(n, T)], ceil, args.budget)
+                measure_row(c, row, x, tw, ti, flops, want[:min(n, T)], ceil, args.budget, args.profile)
             log(_line(row))
+            for k in row.kernels or ():
+                log(f"      {k['us']:9.2f} us x{k['launches']:g}  {k['name'][:110]}")
             rows.append(row)
     del layers, weights
     if torch.cuda.is_available():
@@ -655,6 +667,9 @@ def parse(argv=None):
                     help="CPU: one tiny shape, a few token counts, the reference backend and CPU peers, "
                          "a CPU copy as the only ceiling")
     ap.add_argument("--from-json", default=None, help="print and plot an earlier run (no GPU needed)")
+    ap.add_argument("--profile", action="store_true",
+                    help="also record each timed row's kernels and their time per call (torch.profiler, "
+                         "eager calls; pair with --contenders)")
     ap.add_argument("--no-tune", dest="tune", action="store_false",
                     help="skip `moe tune` before each panel: the host row then shows the static "
                          "priority order instead of the measured choice a tuned machine makes")

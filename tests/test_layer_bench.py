@@ -183,6 +183,21 @@ def test_from_json_prints_and_plots_again(smoke, tmp_path, capsys):
     assert again.with_suffix(".png").is_file()
 
 
+def test_profile_records_each_timed_rows_ops(tmp_path, capsys):
+    data = lb.main(["--smoke", "--tokens", "4", "--quants", "bf16", "--contenders", "host",
+                    "--profile", "--out", str(tmp_path / "p.json")])
+    timed = [r for r in data["rows"] if r["ms"] is not None]
+    assert timed
+    for r in timed:
+        ks = r["kernels"]
+        assert ks and all(k["us"] > 0 and k["launches"] > 0 for k in ks)
+        us = [k["us"] for k in ks if k["name"] != "other"]
+        assert us == sorted(us, reverse=True)
+    assert f"x{timed[0]['kernels'][0]['launches']:g}  {timed[0]['kernels'][0]['name'][:40]}" in capsys.readouterr().out
+    assert all(r["kernels"] is None for r in lb.main(["--smoke", "--tokens", "1", "--quants", "bf16",
+                                                      "--contenders", "host"])["rows"])
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(),
                     reason="needs a CUDA GPU: run scripts/gpu_session.sh on the device machine")

@@ -55,7 +55,7 @@ def plugins(as_json):
     for r in records:
         dist = f"{r.distribution or '?'} {r.version or ''}".strip()
         if r.status != "ok":
-            table.add_row(r.name, dist, f"[bold red]broken[/]", r.error or "")
+            table.add_row(r.name, dist, "[bold red]broken[/]", r.error or "")
             continue
         variants = "\n".join(f"{v.name} ({v.priority}, {v.kind}): {v.summary}" for v in r.variants)
         table.add_row(r.name, dist, "[green]ok[/]", variants or "(none)")
