@@ -3,17 +3,17 @@
 # machine by scripts/build_carry.sh (our wheels), fetch_deepgemm.sh, fetch_flashinfer.sh,
 # fetch_transformers.sh, fetch_vllm.sh and, for two GPUs, fetch_deepep.sh).
 #   builds      DeepGEMM, the FlashInfer CUTLASS kinds and (two GPUs) DeepEP, side by side
-#   lane A      the Triton tile tuning (its table is used by every later benchmark; TUNE_TILES=0
-#               keeps the shipped one), benchmarks/layer_bench.py on $SHAPES_A, permute_bench.py
+#   lane A      the Triton tile tuning (its table is used by every later benchmark), then
+#               benchmarks/layer_bench.py on $SHAPES_A, permute_bench.py
 #   lane B      every one-GPU test (pytest -m gpu, 4 workers) beside the conformance kit on
 #               SM90 (KIT=0: without), then layer_bench on $SHAPES_B, transformers_bench.py,
 #               layer_bench --profile on $PROFILE_ARGS (each row's kernels)
 #   ep          (two GPUs) DeepEP's own tests, the EP GPU tests, tests/ep_worker.py over NCCL,
 #               benchmarks/dispatch_bench.py, transformers' EP=2 benchmark
 # With two GPUs lanes A and B run at once, one GPU each (B's benchmarks wait for A's tuning);
-# with one: the tests, the tuning, layer_bench A, transformers, layer_bench B, the profile,
-# permute_bench (most wanted first, in case the device time runs out). Each step has a time
-# limit; nothing later depends on an earlier step passing.
+# with one: $STAGES in order, by default the tests, the tuning, layer_bench A, transformers,
+# layer_bench B, the profile, permute_bench (most wanted first, in case the device time runs
+# out). Each step has a time limit; nothing later depends on an earlier step passing.
 # The whole outlives one 10-minute device command, so it runs detached and is polled:
 #   bash scripts/gpu_session.sh start 540   # install, launch, poll up to 540 s
 #   bash scripts/gpu_session.sh poll 560    # later calls on the same warm machine
@@ -32,10 +32,11 @@ SHAPES_A=${SHAPES_A:-deepseek-v3-ep8,qwen3-30b-a3b}  # lane A also tunes the Tri
 SHAPES_B=${SHAPES_B:-gpt-oss-20b,nemotron-3-nano-tp8}
 TUNE_ARGS=${TUNE_ARGS:---buckets 1,4,16,64,128,256,512,2048}
 LB_TOKENS=${LB_TOKENS:-1,4,16,64,256,512,2048}  # 2,048 tokens at top-8 = 16K routed rows
-TUNE_TILES=${TUNE_TILES:-1}  # 0: the shipped Triton tile table, no tuning step
+# One GPU: the steps, in order (leave out "tune" to keep the shipped Triton tile table).
+STAGES=${STAGES:-tests_b tune lane_a transformers_1gpu lane_b profile permute}
 KIT=${KIT:-1}                # 0: no conformance kit beside the GPU tests
 # Rows profiled kernel by kernel (layer_bench --profile): what the host pays beyond the kernels.
-PROFILE_ARGS=${PROFILE_ARGS:---shapes qwen3-30b-a3b,deepseek-v3-ep8 --tokens 1,2048 --no-tune \
+PROFILE_ARGS=${PROFILE_ARGS:---shapes qwen3-30b-a3b,deepseek-v3-ep8 --tokens 16,2048 --no-tune \\
   --contenders deepgemm,triton,DeepGEMM,vLLM}
 NGPU=$(nvidia-smi -L | wc -l)
 
@@ -65,7 +66,6 @@ builds() {
 }
 
 tune() {  # the Triton tile table every later step uses
-    [ "$TUNE_TILES" = 1 ] || { stage "triton_tune rc=skipped (TUNE_TILES=0: the shipped table)"; return; }
     step triton_tune 420 python3 benchmarks/triton_moe_tune.py --out "$W/triton" $TUNE_ARGS
     [ -f "$W/triton/NVIDIA_H200.json" ] && export MOE_TRITON_CONFIGS=$W/triton
 }
@@ -124,7 +124,7 @@ pipeline() {
         (export CUDA_VISIBLE_DEVICES=1; tests_b; wait_for triton_tune; lane_b; transformers_1gpu; profile) & wait
         ep
     else  # correctness first: a benchmark of a wrong kernel is worth nothing
-        [ -n "${SKIP_TESTS:-}" ] || tests_b; tune; lane_a; transformers_1gpu; lane_b; profile; permute
+        for s in $STAGES; do "$s"; done
     fi
     touch "$W/done"
 }
