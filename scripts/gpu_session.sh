@@ -36,8 +36,7 @@ LB_TOKENS=${LB_TOKENS:-1,4,16,64,256,512,2048}  # 2,048 tokens at top-8 = 16K ro
 STAGES=${STAGES:-tests_b tune lane_a transformers_1gpu lane_b profile permute}
 KIT=${KIT:-1}                # 0: no conformance kit beside the GPU tests
 # Rows profiled kernel by kernel (layer_bench --profile): what the host pays beyond the kernels.
-PROFILE_ARGS=${PROFILE_ARGS:---shapes qwen3-30b-a3b,deepseek-v3-ep8 --tokens 16,2048 --no-tune \\
-  --contenders deepgemm,triton,DeepGEMM,vLLM}
+PROFILE_ARGS=${PROFILE_ARGS:---shapes qwen3-30b-a3b,deepseek-v3-ep8 --tokens 16,2048 --no-tune --contenders deepgemm,triton,DeepGEMM,vLLM}
 NGPU=$(nvidia-smi -L | wc -l)
 
 wait_for() {  # wait_for STEP: until the other lane logs STEP's exit, at most 15 min (then its table)
