@@ -93,6 +93,32 @@ CHECK = textwrap.dedent("""
         ref = (qr[valid].float().unflatten(-1, (-1, 128)) * sr[valid][..., None]).flatten(-2)
         torch.testing.assert_close(deq, ref, rtol=0.07, atol=1e-3)
 
+    # The contiguous layout: 2-D h, padding rows marked -1 in row_expert, skipped (both modes).
+    h2 = (torch.randn(16, 1024, generator=gen) * 3).to(torch.bfloat16)
+    rex = torch.tensor([0, 0, 0, -1, 1, -1, -1, -1, 2, 2, 2, 2, 3, -1, -1, -1], dtype=torch.int32)
+    keep = rex >= 0
+    out = torch.empty(16, 512, dtype=torch.bfloat16)
+    out.view(torch.uint8).fill_(SENTINEL)
+    got = silu_mul(h2, out=out, row_expert=rex)
+    assert launched[-1] == ((4, 1, 1), False), launched[-1]
+    exact = apply_activation(spec_for(512, "silu_gated", None, None), h2.float()).to(torch.bfloat16)
+    torch.testing.assert_close(got[keep].float(), exact[keep].float(), rtol=2 ** -7, atol=1e-30)
+    assert bool((got.view(torch.uint8)[~keep] == SENTINEL).all()), "a padding row was written"
+    q, s = fused_silu_mul_quant(h2, row_expert=rex)
+    qr, sr = reference(h2, None, None)
+    torch.testing.assert_close(s[keep], sr[keep], rtol=1e-5, atol=0)
+    assert (q[keep].view(torch.uint8) == qr[keep].view(torch.uint8)).float().mean() > 0.98
+
+    # A filter of the wrong kind is refused, not read as something else.
+    for bad in [dict(counts=torch.tensor([1], dtype=torch.int32), row_expert=rex),
+                dict(row_expert=rex.long()), dict(row_expert=rex[:8])]:
+        try:
+            silu_mul(h2, **bad)
+        except ValueError as e:
+            assert "row_expert" in str(e), e
+        else:
+            raise AssertionError(f"{bad} was taken")
+
     try:
         silu_mul(h, out=torch.empty(3, 8, 512))
     except ValueError as e:
@@ -127,9 +153,10 @@ RUNNER = textwrap.dedent("""
     host = Host(reg)
     seen = []
     real_silu_mul, real_launch = fused_act.silu_mul, fused_act._launch
-    def silu_mul(h, limit=None, alpha=None, counts=None, out=None):
-        seen.append(("silu_mul", tuple(h.shape), None if counts is None else counts.tolist()))
-        return real_silu_mul(h, limit, alpha, counts, out)
+    def silu_mul(h, limit=None, alpha=None, counts=None, out=None, row_expert=None):
+        seen.append(("silu_mul", tuple(h.shape), None if counts is None else counts.tolist(),
+                     None if row_expert is None else int((row_expert >= 0).sum())))
+        return real_silu_mul(h, limit, alpha, counts, out, row_expert)
     def launch(grid, *a, **kw):
         seen.append(("launch", kw["quant"]))
         return real_launch(grid, *a, **kw)
@@ -155,7 +182,7 @@ RUNNER = textwrap.dedent("""
         if fused:
             assert seen == [("launch", True)], seen
         else:
-            assert seen == [("silu_mul", (4, 128, 1024), [5, 0, 3, 128]), ("launch", False)], seen
+            assert seen == [("silu_mul", (4, 128, 1024), [5, 0, 3, 128], None), ("launch", False)], seen
 
         seen.clear()
         x, tw, ti = random_inputs(spec, 9, device="cpu")
@@ -165,6 +192,16 @@ RUNNER = textwrap.dedent("""
         assert [e[0] for e in seen] == (["launch"] if fused else ["silu_mul", "launch"]), seen
         if not fused:
             assert seen[0][1] == (4, 128, 1024) and sum(seen[0][2]) == 9 * 2, seen
+
+        # The contiguous path: the same kernels, on the unpadded rows only (row_expert).
+        seen.clear()
+        runner.force_path = "contiguous"
+        err = relative_error(runner(x, tw, ti), ref(x, tw, ti))
+        runner.force_path = None
+        assert err < tol, (variant, quant, "standard contiguous", err)
+        assert [e[0] for e in seen] == (["launch"] if fused else ["silu_mul", "launch"]), seen
+        if not fused:
+            assert seen[0][2] is None and seen[0][3] == 9 * 2, seen
     print("same")
 """)
 

@@ -17,9 +17,10 @@ from moe_core.spec import Activation, Quant
 from .constraints import MASKED_ROWS
 
 RECIPE = (1, 128, 128)  # 1x128 activation groups, 128x128 weight blocks
-#: Activations of the unfused variants that :func:`.fused_act.silu_mul` computes on the counted
-#: rows only; the others (gelu_gated, relu2) take ``apply_activation``, every row. (A SwiGLU
-#: clamp is declared for the fused variants alone: constraints.py.)
+#: Activations of the unfused variants that :func:`.fused_act.silu_mul` computes on the rows the
+#: second GEMM reads only (counted rows, or the contiguous layout's unpadded ones); the others
+#: (gelu_gated, relu2) take ``apply_activation``, every row. (A SwiGLU clamp is declared for the
+#: fused variants alone: constraints.py.)
 COUNTED_ACTIVATIONS = (Activation.SILU_GATED,)
 #: The standard call's path (:meth:`DeepGemmRunner.uses_masked`, from ``T`` alone): the masked
 #: GEMMs over an ``[E, round_up(T, 128), H]`` buffer (experts without tokens skipped), or the
@@ -75,20 +76,23 @@ class DeepGemmRunner(GroupedRunner):
         #: (block_m, threshold) of the last masked down GEMM, only when overlap is on (S5).
 
     # -- pieces --------------------------------------------------------------------
-    def _activation(self, h: torch.Tensor, counts: torch.Tensor | None = None):
-        """``h`` -> the second GEMM's operand. ``counts``: the masked layout's per-expert row
-        counts (rows past them are never read by the GEMMs, so they are not computed)."""
+    def _activation(self, h: torch.Tensor, counts: torch.Tensor | None = None,
+                    m_indices: torch.Tensor | None = None):
+        """``h`` -> the second GEMM's operand, computed on the rows the GEMMs read only:
+        ``counts``, the masked layout's per-expert row counts; ``m_indices``, the contiguous
+        layout's row experts (-1: padding rows)."""
         s = self.spec
         if self.fused:
             from .fused_act import fused_silu_mul_quant
 
-            return fused_silu_mul_quant(h, s.swiglu_limit, s.swiglu_alpha, counts)
+            return fused_silu_mul_quant(h, s.swiglu_limit, s.swiglu_alpha, counts, m_indices)
         # Unfused: two steps, the activation in bf16, then (fp8) the group quantization.
-        if counts is not None and s.activation in COUNTED_ACTIVATIONS:
+        if s.activation in COUNTED_ACTIVATIONS:
             from .fused_act import silu_mul
 
-            # Rows < counts[e] only: over the whole [E, M, 2I] buffer the cost grows as E * M.
-            a = silu_mul(h, s.swiglu_limit, s.swiglu_alpha, counts)
+            # Over the whole buffer ([E, M, 2I], or T * k + E * 127 contiguous rows) the cost
+            # would follow its size, not the routed rows.
+            a = silu_mul(h, s.swiglu_limit, s.swiglu_alpha, counts, row_expert=m_indices)
         else:
             a = apply_activation(s, h)  # bf16, every row, as the separate silu_and_mul kernels do
         return quantize_groups(a, counts=counts) if self.fp8 else a
@@ -165,7 +169,7 @@ class DeepGemmRunner(GroupedRunner):
 
     def _contiguous_gemms(self, a, m_indices: torch.Tensor) -> torch.Tensor:
         h, _ = self._gemm(a, "w13", m_indices)
-        y, _ = self._gemm(self._activation(h), "w2", m_indices)
+        y, _ = self._gemm(self._activation(h, m_indices=m_indices), "w2", m_indices)
         return y
 
     def _masked_gemms(self, a, masked_m: torch.Tensor, expected_m: int) -> torch.Tensor:
@@ -235,9 +239,7 @@ class DeepGemmRunner(GroupedRunner):
         aq[dst] = q.view(torch.uint8)  # byte copies: index_put has no fp8 kernel everywhere
         a_s = torch.zeros(rows, s.shape[1], dtype=torch.float32, device=q.device)
         a_s[dst] = s.float()
-        h, _ = self._gemm((aq.view(q.dtype), a_s), "w13", m_indices)
-        y, _ = self._gemm(self._activation(h), "w2", m_indices)
-        return y[dst]
+        return self._contiguous_gemms((aq.view(q.dtype), a_s), m_indices)[dst]
 
     def _aligned(self, offsets: torch.Tensor, n: int):
         """DeepGEMM's aligned contiguous layout for ``n`` rows grouped by ``offsets``: each
