@@ -77,6 +77,10 @@ permute() {
     step permute_bench 300 python3 benchmarks/permute_bench.py --out "$W/permute_bench.json"
 }
 
+dg_tests() {  # the DeepGEMM plugin's GPU tests alone (after a change to its kernels)
+    step dg_tests 600 python3 -m pytest -m gpu plugins/deepgemm -n 4 -rA -p no:cacheprovider --moe-conformance=
+}
+
 profile() {
     step profile 420 python3 benchmarks/layer_bench.py --profile $PROFILE_ARGS --out "$W/profile.json"
 }
