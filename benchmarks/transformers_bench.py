@@ -9,8 +9,14 @@ The model is a transformers MoE family at a real model's expert dims with few la
 random bf16 weights (attention shrunk to 4 heads of 32, vocabulary 512, so the experts
 dominate; the router, norms and attention are the same code under every implementation).
 Decode is B sequences of one token (``use_cache=False``: B tokens per forward), prefill one
-sequence of T tokens. Each implementation's logits are compared with grouped_mm's on the
-same input (relative error). An implementation that cannot run a size (not installed,
+sequence of T tokens. On one GPU each forward is timed as replays of a CUDA graph of it
+(``common.time_call``), as an engine runs decode: an eager forward of a few small layers is
+bound by Python and kernel launches (measured on an H200, 2026-12-01: every implementation
+7-10 ms per Qwen3 forward at 1 to 2,048 tokens), which hides the experts. Where a forward
+cannot be captured (host synchronisation, as in eager's per-expert loop) it is timed
+eagerly and its row says why. Under EP every forward is eager, a fixed number of calls on
+every rank (the token exchanges must pair up). Each implementation's logits (of the
+timed calls) are compared with grouped_mm's on the same input (relative error). An implementation that cannot run a size (not installed,
 too much memory) gets a row saying why instead of a time. Prints a table, writes JSON and,
 with matplotlib installed, a plot of ms per forward against tokens.
 """
@@ -76,8 +82,13 @@ def build(preset: dict, device: str):
         return AutoModelForCausalLM.from_config(cfg, dtype=torch.bfloat16).eval()
 
 
-def timed(fn, device: str, iters: int) -> tuple[float, float]:
-    """``(ms per call, first call s)``; CUDA events on a GPU (``common.timed``)."""
+#: Seconds of timed samples per row (one GPU).
+BUDGET_S = 0.5
+
+
+def timed_fixed(fn, device: str, iters: int) -> tuple[float, float]:
+    """``(ms per call, first call s)`` over exactly ``iters`` eager calls: under EP every rank
+    must make the same calls (a count from each rank's own timing could differ and hang)."""
     if device.startswith("cuda"):
         return common.timed(fn, iters)
     t0 = time.perf_counter()
@@ -165,15 +176,24 @@ def measure(model, impls, preset, device, ep: int, sizes, ep_impl: str | None = 
             plans["from_measurements"] = all(x.times for x in sel)  # the host read tuning times
         for s in sizes:
             row = dict(impl=impl, ep_impl=ep_impl, kind=s[0], tokens=s[1], ms=None, first_s=None,
-                       rel_err=None, note=skip or why_not(impl, s[1], preset), plans=plans)
+                       graphed=None, capture_error=None, rel_err=None,
+                       note=skip or why_not(impl, s[1], preset), plans=plans)
             if row["note"] is None:
                 try:
                     if ep > 1:
                         torch.distributed.barrier()
-                    row["ms"], row["first_s"] = timed(lambda s=s: forward(s), device,
-                                                      iters=10 if s[0] == "decode" else 5)
+                        ms, first = timed_fixed(lambda s=s: forward(s), device,
+                                                iters=10 if s[0] == "decode" else 5)
+                        row.update(ms=ms, first_s=first, graphed=False)
+                        logits = forward(s)
+                    else:
+                        t = common.time_call(lambda s=s: forward(s), graph=device.startswith("cuda"),
+                                             budget_s=BUDGET_S)
+                        row.update(ms=t.ms, first_s=t.first_s, graphed=t.graphed,
+                                   capture_error=t.capture_error)
+                        logits = t.output
                     if s in want:
-                        row["rel_err"] = relative_error(forward(s).float(), want[s])
+                        row["rel_err"] = relative_error(logits.float(), want[s])
                 except Exception as e:  # noqa: BLE001 - recorded in the table as the reason
                     row["note"] = f"{type(e).__name__}: {str(e)[:200]}"
                     if device.startswith("cuda"):
@@ -218,14 +238,17 @@ def print_table(rows: list[dict], title: str) -> None:
     from rich.table import Table
 
     table = Table(title=title)
-    for col in ("ep impl", "experts impl", "kind", "tokens", "ms / forward", "first call s",
+    for col in ("ep impl", "experts impl", "kind", "tokens", "ms / forward", "graph", "first call s",
                 "rel. err vs grouped_mm", "note"):
         table.add_column(col, overflow="fold")
     for r in rows:
+        eager = r.get("capture_error") and f"eager: {r['capture_error'][:120]}"
         table.add_row(r["ep_impl"] or "-", r["impl"], r["kind"], str(r["tokens"]),
                       "" if r["ms"] is None else f"{r['ms']:.3f}",
+                      "" if r.get("graphed") is None else ("yes" if r["graphed"] else "no"),
                       "" if r["first_s"] is None else f"{r['first_s']:.2f}",
-                      "" if r["rel_err"] is None else f"{r['rel_err']:.1e}", r["note"] or "")
+                      "" if r["rel_err"] is None else f"{r['rel_err']:.1e}",
+                      "; ".join(x for x in (r["note"], eager) if x))
     Console(width=200).print(table)
 
 
