@@ -40,14 +40,18 @@ COUNTED_ACTIVATIONS = (Activation.SILU_GATED,)
 #:   Qwen3-30B-A3B (E 128, top-8, H 2048, I 768): the standard call (masked) 1.723 ms bf16 /
 #:   1.658 ms fp8 vs 0.822 / 0.589 ms in the contiguous layout with exact per-expert alignment.
 #:   At T = 256, fp8: 0.385 ms standard vs 0.295 ms in the masked layout with a tight buffer.
-#:   A likely part of the masked cost: the unfused activation then ran over the whole buffer;
-#:   it now skips rows past each expert's count (not measured since, nor is the rule below).
 #:
 #: The row ratio is inferred from these points, not swept. Masked rows / contiguous capacity
 #: (which counts every slot, local or not): DeepSeek-V3 EP 8 at T = 2048 3.2 (masked won only
 #: with the fused activation), at 512 2.0 (masked won); Qwen3-30B-A3B at 2048 8.0 and at 512
 #: 3.2 (0.674 vs 0.605 ms bf16, 0.556 vs 0.407 fp8: contiguous won). Hence 4 fused, 3 unfused.
 #: The masked buffer grows as E * T, hence the cap in bytes too.
+#:
+#: With this rule and the activation on the GEMMs' rows only (fused_act.py), layer_bench
+#: (2026-12-01, fourth session) has every standard call within 1.0x of its own layout's:
+#: DeepSeek-V3 bf16 0.879 ms (masked) vs 1.314 at T = 512, 2.804 (contiguous) vs 3.003 at
+#: 2048; fp8 fused 0.529 vs 0.760 and 1.441 (masked) vs 1.632; Qwen3 (contiguous from 512)
+#: 0.516 vs 0.524 and 0.675 vs 0.702 bf16, 0.325 vs 0.326 and 0.464 vs 0.469 fp8.
 MASKED_MAX_TOKENS = 2048
 #: The most the masked path's buffers may hold at once (:meth:`DeepGemmRunner.masked_bytes`:
 #: the input, both GEMM outputs); DeepSeek-V3 EP 8 at 2048 tokens in bf16 needs 2.4 GB.
