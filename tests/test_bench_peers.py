@@ -203,3 +203,38 @@ def test_transformers_peer_refuses_what_it_does_not_compute():
         tf.build_module("qwen3_moe", fp8, random_weights(fp8))
     with pytest.raises(PeerUnavailable, match="no transformers.models.not_a_family"):
         tf.experts_class("not_a_family")
+
+
+FAKE_DG = ROOT / "plugins" / "deepgemm" / "tests" / "fake_deep_gemm"
+
+
+@pytest.fixture
+def stand_in_deep_gemm(monkeypatch):
+    """``deep_gemm`` importable as the plugin's CPU stand-in, for one test."""
+    monkeypatch.syspath_prepend(str(FAKE_DG))
+    monkeypatch.delitem(sys.modules, "deep_gemm", raising=False)
+    yield
+    sys.modules.pop("deep_gemm", None)
+
+
+# (the fused activation + FP8 quant is declared for fp8 layers only)
+@pytest.mark.parametrize("quant,fused", [("bf16", False), ("fp8_block128", False), ("fp8_block128", True)])
+def test_deepgemm_direct_peer_matches_float64_through_the_stand_in(stand_in_deep_gemm, quant, fused):
+    """The "DeepGEMM direct" rows: both layouts, through the stand-in deep_gemm (which checks
+    DeepGEMM's argument rules), with the plugin's activation step, give the layer's output."""
+    from peers.direct import DeepGemmDirect
+
+    spec = MoESpec(num_experts=4, top_k=2, hidden_size=256, intermediate_size=512, quant=quant,
+                   arch="sm90", max_tokens=16)
+    weights = random_weights(spec, device="cpu")
+    from moe_plugin_deepgemm.weights import prepare  # noqa: E402 - after the stand-in is on the path
+    from moe_core import Host
+
+    plan = Host().resolve(spec, force=f"deepgemm:contiguous{'_fused' if fused else ''}")
+    peer = DeepGemmDirect(spec, prepare(plan, weights), fused=fused)
+    x, tw, ti = random_inputs(spec, 9, device="cpu")
+    want = float64_layer(spec, weights, x, tw, ti)
+    for layout in ("contiguous", "masked"):
+        p = getattr(peer, layout)(x, tw, ti)
+        err = relative_error(p.to_tokens(p.call()), want)
+        assert err < tolerance(quant), (layout, err)

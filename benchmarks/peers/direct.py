@@ -2,9 +2,10 @@
 on inputs already in the kernel's own layout: what moe-core's wrapping costs is the gap to
 the same kernel's row through moe-core.
 
-* DeepGEMM: ``m_grouped_{bf16,fp8}_gemm_nt_contiguous`` / ``..._masked``, the activation
-  between them (our fused SiLU-and-mul + FP8 quant kernel where the plugin would use it,
-  else the activation then the 1x128 quant), on rows already aligned per expert (the
+* DeepGEMM: ``m_grouped_{bf16,fp8}_gemm_nt_contiguous`` / ``..._masked``, the plugin's own
+  activation step between them (``moe_plugin_deepgemm.runner.activation_step``: the fused
+  SiLU-and-mul + FP8 quant kernel where the plugin would use it, else the activation on the
+  rows the GEMM reads, then the 1x128 quant), on rows already aligned per expert (the
   contiguous layout, ``m_indices``) or in per-expert buffers (the masked layout); fp8 rows
   arrive quantized, as DeepEP delivers them.
 * FlashInfer CUTLASS fused MoE: one ``run_moe`` call on int32 ids, fp32 top-k weights and
@@ -22,7 +23,6 @@ from typing import Callable
 
 import torch
 
-from moe_core.activations import apply_activation
 from moe_core.kernels.align import align_by_expert
 from moe_core.runner import masked_layout, offsets_from_counts
 from moe_core.sizes import round_up
@@ -60,14 +60,11 @@ class DeepGemmDirect:
         self.fused = fused
         self.align = deep_gemm.get_mk_alignment_for_contiguous_layout()
 
-    def _activation(self, h: torch.Tensor, counts: torch.Tensor | None = None):
-        from moe_plugin_deepgemm.fused_act import fused_silu_mul_quant
-        from moe_core.kernels.group_quant import quantize_groups
+    def _activation(self, h: torch.Tensor, counts: torch.Tensor | None = None,
+                    m_indices: torch.Tensor | None = None):
+        from moe_plugin_deepgemm.runner import activation_step
 
-        if self.fused:
-            return fused_silu_mul_quant(h, self.spec.swiglu_limit, self.spec.swiglu_alpha, counts)
-        a = apply_activation(self.spec, h)
-        return quantize_groups(a, counts=counts) if self.fp8 else a
+        return activation_step(self.spec, h, fused=self.fused, counts=counts, m_indices=m_indices)
 
     def _b(self, which: str):
         w = getattr(self.w, which)
@@ -97,7 +94,7 @@ class DeepGemmDirect:
             h = torch.empty(rows, R, dtype=torch.bfloat16, device=x.device)
             gemm(a, self._b("w13"), h, m_indices, **kw)
             y = torch.empty(rows, H, dtype=torch.bfloat16, device=x.device)
-            gemm(self._activation(h), self._b("w2"), y, m_indices, **kw)
+            gemm(self._activation(h, m_indices=m_indices), self._b("w2"), y, m_indices, **kw)
             return y
 
         slot_rows = routes.slot_rows.long()

@@ -60,6 +60,28 @@ MASKED_MAX_BYTES = 3 << 30
 #: whether the activation is fused (True) or not.
 MASKED_ROW_RATIO = {True: 4, False: 3}
 
+def activation_step(spec, h: torch.Tensor, *, fused: bool, counts: torch.Tensor | None = None,
+                    m_indices: torch.Tensor | None = None):
+    """The first GEMM's output ``h`` -> the second GEMM's operand (bf16, or fp8 with its
+    1x128 scales), computed on the rows the GEMMs read only: ``counts``, the masked layout's
+    per-expert row counts; ``m_indices``, the contiguous layout's row experts (-1: padding).
+    The runner's step, and what benchmarks/peers/direct.py calls between DeepGEMM's GEMMs."""
+    if fused:
+        from .fused_act import fused_silu_mul_quant
+
+        return fused_silu_mul_quant(h, spec.swiglu_limit, spec.swiglu_alpha, counts, m_indices)
+    # Unfused: two steps, the activation in bf16, then (fp8) the group quantization.
+    if spec.activation in COUNTED_ACTIVATIONS:
+        from .fused_act import silu_mul
+
+        # Over the whole buffer ([E, M, 2I], or T * k + E * 127 contiguous rows) the cost
+        # would follow its size, not the routed rows.
+        a = silu_mul(h, spec.swiglu_limit, spec.swiglu_alpha, counts, row_expert=m_indices)
+    else:
+        a = apply_activation(spec, h)  # bf16, every row
+    return quantize_groups(a, counts=counts) if spec.quant is Quant.FP8_BLOCK128 else a
+
+
 class DeepGemmRunner(GroupedRunner):
     """``contiguous*`` variants compute natively in the contiguous layout (rows per expert
     padded to DeepGEMM's M alignment, ``-1`` rows between), ``masked*`` ones in the masked
@@ -82,24 +104,7 @@ class DeepGemmRunner(GroupedRunner):
     # -- pieces --------------------------------------------------------------------
     def _activation(self, h: torch.Tensor, counts: torch.Tensor | None = None,
                     m_indices: torch.Tensor | None = None):
-        """``h`` -> the second GEMM's operand, computed on the rows the GEMMs read only:
-        ``counts``, the masked layout's per-expert row counts; ``m_indices``, the contiguous
-        layout's row experts (-1: padding rows)."""
-        s = self.spec
-        if self.fused:
-            from .fused_act import fused_silu_mul_quant
-
-            return fused_silu_mul_quant(h, s.swiglu_limit, s.swiglu_alpha, counts, m_indices)
-        # Unfused: two steps, the activation in bf16, then (fp8) the group quantization.
-        if s.activation in COUNTED_ACTIVATIONS:
-            from .fused_act import silu_mul
-
-            # Over the whole buffer ([E, M, 2I], or T * k + E * 127 contiguous rows) the cost
-            # would follow its size, not the routed rows.
-            a = silu_mul(h, s.swiglu_limit, s.swiglu_alpha, counts, row_expert=m_indices)
-        else:
-            a = apply_activation(s, h)  # bf16, every row, as the separate silu_and_mul kernels do
-        return quantize_groups(a, counts=counts) if self.fp8 else a
+        return activation_step(self.spec, h, fused=self.fused, counts=counts, m_indices=m_indices)
 
     def _gemm(self, a, which: str, layout, *, masked_m=None, expected_m=None):
         w = getattr(self.weights, which)
