@@ -217,7 +217,8 @@ class Call:
     own_graph: bool = False
     #: Why it is timed eagerly without trying a capture (None: try one).
     no_capture: str | None = None
-    #: The same call without its own graph (``--profile`` runs it eagerly); None: ``fn``.
+    #: The same call without its own graph (``--profile`` runs it eagerly: the layer's own
+    #: kernels, without the graph's input copies); None: ``fn``.
     eager: Callable[[], torch.Tensor] | None = None
 
 
@@ -449,8 +450,6 @@ def measure_row(c: Contender, row: Row, x, tw, ti, flops: int, want, ceil, budge
         call = c.make(x, tw, ti)
         t = time_call(call.fn, graph=not (call.own_graph or call.no_capture), budget_s=budget_s)
         got = call.to_tokens(t.output)[:want.shape[0]]  # the numbers of what was timed
-        if profile:
-            row.kernels = common.kernel_breakdown(call.eager or call.fn)
     except Exception as e:  # noqa: BLE001 - the row says why it did not run
         row.reason = _why(e)
         if torch.cuda.is_available():
@@ -462,6 +461,11 @@ def measure_row(c: Contender, row: Row, x, tw, ti, flops: int, want, ceil, budge
     row.note = "; ".join(n for n in (row.note, call.note) if n) or None
     row.rel_err = relative_error(got, want)
     fill_rates(row, flops, ceil)
+    if profile:  # apart from the timing: a profiler failure leaves the timed row standing
+        try:
+            row.kernels = common.kernel_breakdown(call.eager or call.fn)
+        except Exception as e:  # noqa: BLE001 - the note says why there is no profile
+            row.note = "; ".join(n for n in (row.note, f"no profile: {_why(e)}") if n)
 
 
 def tuned_host(host: Host, plans: dict, regimes: dict, log) -> Host:

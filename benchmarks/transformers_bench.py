@@ -11,7 +11,7 @@ dominate; the router, norms and attention are the same code under every implemen
 Decode is B sequences of one token (``use_cache=False``: B tokens per forward), prefill one
 sequence of T tokens. On one GPU each forward is timed as replays of a CUDA graph of it
 (``common.time_call``), as an engine runs decode: an eager forward of a few small layers is
-bound by Python and kernel launches (measured on an H200, 2026-12-01: every implementation
+bound by Python and kernel launches (measured on an H200, 2026-12-01: grouped_mm and moe_core
 7-10 ms per Qwen3 forward at 1 to 2,048 tokens), which hides the experts. Where a forward
 cannot be captured (host synchronisation, as in eager's per-expert loop) it is timed
 eagerly and its row says why. Under EP every forward is eager, a fixed number of calls on
@@ -84,6 +84,10 @@ def build(preset: dict, device: str):
 
 #: Seconds of timed samples per row (one GPU).
 BUDGET_S = 0.5
+#: Implementations timed eagerly on one GPU without trying a capture: a failed capture of a
+#: forward that reads the host can leave the CUDA context faulting for every later row (seen
+#: in layer_bench on the H200), and these read it on purpose.
+NO_CAPTURE = {"eager": "transformers' eager experts loop over the experts hit, found on the host"}
 
 
 def timed_fixed(fn, device: str, iters: int) -> tuple[float, float]:
@@ -180,17 +184,18 @@ def measure(model, impls, preset, device, ep: int, sizes, ep_impl: str | None = 
                        note=skip or why_not(impl, s[1], preset), plans=plans)
             if row["note"] is None:
                 try:
-                    if ep > 1:
-                        torch.distributed.barrier()
+                    if ep > 1 or not device.startswith("cuda"):
+                        if ep > 1:
+                            torch.distributed.barrier()
                         ms, first = timed_fixed(lambda s=s: forward(s), device,
                                                 iters=10 if s[0] == "decode" else 5)
                         row.update(ms=ms, first_s=first, graphed=False)
                         logits = forward(s)
                     else:
-                        t = common.time_call(lambda s=s: forward(s), graph=device.startswith("cuda"),
+                        t = common.time_call(lambda s=s: forward(s), graph=impl not in NO_CAPTURE,
                                              budget_s=BUDGET_S)
                         row.update(ms=t.ms, first_s=t.first_s, graphed=t.graphed,
-                                   capture_error=t.capture_error)
+                                   capture_error=t.capture_error or NO_CAPTURE.get(impl))
                         logits = t.output
                     if s in want:
                         row["rel_err"] = relative_error(logits.float(), want[s])
@@ -226,7 +231,7 @@ def run_ep(preset: dict, name: str, ep: int, device: str, root: str, sizes) -> l
             model = load_sharded(path, ep, ep_impl, impls[0])
         except Exception as e:  # noqa: BLE001 - recorded in the table as the reason
             rows += [dict(impl=i, ep_impl=ep_impl, kind="-", tokens=0, ms=None, first_s=None,
-                          rel_err=None, note=f"load: {type(e).__name__}: {e}", plans=None) for i in impls]
+                          graphed=None, capture_error=None, rel_err=None, note=f"load: {type(e).__name__}: {e}", plans=None) for i in impls]
             continue
         rows += measure(model, impls, preset, device, ep, sizes, ep_impl, want)
         del model

@@ -127,7 +127,12 @@ pipeline() {
         (export CUDA_VISIBLE_DEVICES=1; tests_b; wait_for triton_tune; lane_b; transformers_1gpu; profile) & wait
         ep
     else  # correctness first: a benchmark of a wrong kernel is worth nothing
-        for s in $STAGES; do "$s"; done
+        for s in $STAGES; do
+            case " tests_b tune lane_a transformers_1gpu lane_b profile permute dg_tests " in
+                *" $s "*) "$s" ;;
+                *) stage "$s rc=unknown stage (STAGES: tests_b tune lane_a transformers_1gpu lane_b profile permute dg_tests)" ;;
+            esac
+        done
     fi
     touch "$W/done"
 }

@@ -157,9 +157,10 @@ RUNNER = textwrap.dedent("""
         seen.append(("silu_mul", tuple(h.shape), None if counts is None else counts.tolist(),
                      None if row_expert is None else int((row_expert >= 0).sum())))
         return real_silu_mul(h, limit, alpha, counts, out, row_expert)
-    def launch(grid, *a, **kw):
-        seen.append(("launch", kw["quant"]))
-        return real_launch(grid, *a, **kw)
+    def launch(grid, h3, out, scales, counts, row_expert, *a, **kw):  # and which rows it filters
+        seen.append(("launch", kw["quant"], None if counts is None else "counts",
+                     None if row_expert is None else int((row_expert >= 0).sum())))
+        return real_launch(grid, h3, out, scales, counts, row_expert, *a, **kw)
     fused_act.silu_mul, fused_act._launch = silu_mul, launch
 
     for quant, variant in [("bf16", "masked"), ("fp8_block128", "masked"), ("fp8_block128", "masked_fused")]:
@@ -180,9 +181,10 @@ RUNNER = textwrap.dedent("""
         err = relative_error(out[valid], ref.run_masked(x, counts)[valid])
         assert err < tol, (variant, quant, err)
         if fused:
-            assert seen == [("launch", True)], seen
+            assert seen == [("launch", True, "counts", None)], seen
         else:
-            assert seen == [("silu_mul", (4, 128, 1024), [5, 0, 3, 128], None), ("launch", False)], seen
+            assert seen == [("silu_mul", (4, 128, 1024), [5, 0, 3, 128], None),
+                            ("launch", False, "counts", None)], seen
 
         seen.clear()
         x, tw, ti = random_inputs(spec, 9, device="cpu")
@@ -202,6 +204,7 @@ RUNNER = textwrap.dedent("""
         assert [e[0] for e in seen] == (["launch"] if fused else ["silu_mul", "launch"]), seen
         if not fused:
             assert seen[0][2] is None and seen[0][3] == 9 * 2, seen
+        assert seen[-1][2:] == (None, 9 * 2), seen  # the kernel skipped the padding rows
     print("same")
 """)
 

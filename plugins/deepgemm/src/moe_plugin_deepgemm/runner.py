@@ -17,11 +17,11 @@ from moe_core.spec import Activation, Quant
 from .constraints import MASKED_ROWS
 
 RECIPE = (1, 128, 128)  # 1x128 activation groups, 128x128 weight blocks
-#: Activations of the unfused variants that :func:`.fused_act.silu_mul` computes on the rows the
+#: Activations of the unfused variants that :func:`.fused_act.silu_mul` computes, on the rows the
 #: second GEMM reads only (counted rows, or the contiguous layout's unpadded ones); the others
 #: (gelu_gated, relu2) take ``apply_activation``, every row. (A SwiGLU clamp is declared for the
 #: fused variants alone: constraints.py.)
-COUNTED_ACTIVATIONS = (Activation.SILU_GATED,)
+KERNEL_ACTIVATIONS = (Activation.SILU_GATED,)
 #: The standard call's path (:meth:`DeepGemmRunner.uses_masked`, from ``T`` alone): the masked
 #: GEMMs over an ``[E, round_up(T, 128), H]`` buffer (experts without tokens skipped), or the
 #: contiguous GEMMs over ``T * k + E * (align - 1)`` rows (rounded up to ``align``; DeepGEMM
@@ -48,7 +48,8 @@ COUNTED_ACTIVATIONS = (Activation.SILU_GATED,)
 #: The masked buffer grows as E * T, hence the cap in bytes too.
 #:
 #: With this rule and the activation on the GEMMs' rows only (fused_act.py), layer_bench
-#: (2026-12-01, fourth session) has every standard call within 1.0x of its own layout's:
+#: (2026-12-01, fourth session) has every standard call at 512 and 2,048 tokens (4K and 16K
+#: routed rows) within 1.0x of the contiguous layout's:
 #: DeepSeek-V3 bf16 0.879 ms (masked) vs 1.314 at T = 512, 2.804 (contiguous) vs 3.003 at
 #: 2048; fp8 fused 0.529 vs 0.760 and 1.441 (masked) vs 1.632; Qwen3 (contiguous from 512)
 #: 0.516 vs 0.524 and 0.675 vs 0.702 bf16, 0.325 vs 0.326 and 0.464 vs 0.469 fp8.
@@ -63,18 +64,19 @@ MASKED_ROW_RATIO = {True: 4, False: 3}
 def activation_step(spec, h: torch.Tensor, *, fused: bool, counts: torch.Tensor | None = None,
                     m_indices: torch.Tensor | None = None):
     """The first GEMM's output ``h`` -> the second GEMM's operand (bf16, or fp8 with its
-    1x128 scales), computed on the rows the GEMMs read only: ``counts``, the masked layout's
-    per-expert row counts; ``m_indices``, the contiguous layout's row experts (-1: padding).
-    The runner's step, and what benchmarks/peers/direct.py calls between DeepGEMM's GEMMs."""
+    1x128 scales). The fused kernel and :data:`KERNEL_ACTIVATIONS` skip the rows no GEMM reads:
+    past ``counts`` (the masked layout's per-expert row counts), or marked -1 in ``m_indices``
+    (the contiguous layout's row experts); other activations run on every row. The runner's
+    step, and what benchmarks/peers/direct.py calls between DeepGEMM's GEMMs."""
     if fused:
         from .fused_act import fused_silu_mul_quant
 
         return fused_silu_mul_quant(h, spec.swiglu_limit, spec.swiglu_alpha, counts, m_indices)
     # Unfused: two steps, the activation in bf16, then (fp8) the group quantization.
-    if spec.activation in COUNTED_ACTIVATIONS:
+    if spec.activation in KERNEL_ACTIVATIONS:
         from .fused_act import silu_mul
 
-        # Over the whole buffer ([E, M, 2I], or T * k + E * 127 contiguous rows) the cost
+        # Over the whole buffer ([E, M, 2I], or T * k + E * (align - 1) contiguous rows) the cost
         # would follow its size, not the routed rows.
         a = silu_mul(h, spec.swiglu_limit, spec.swiglu_alpha, counts, row_expert=m_indices)
     else:
