@@ -35,7 +35,6 @@ import json
 import os
 import platform
 import sys
-import time
 from dataclasses import asdict, dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -237,16 +236,20 @@ class Contender:
 # -- moe-core rows --------------------------------------------------------------------------
 def layer_call(layer, x, tw, ti) -> Call:
     """The standard call of a loaded layer as an engine runs it: ``MoELayer.graphed()``
-    (captured for this token count, replayed on copies of the inputs) where the plan is
-    graph-safe, else eager with moe-core's reason (no generic capture of a moe-core layer)."""
+    (captured for this token count) where the plan is graph-safe, replayed on its static
+    inputs with the inputs written there beforehand, as an engine's router writes them (the
+    peers' graphs read their bound inputs in place too); else eager with moe-core's reason
+    (no generic capture of a moe-core layer)."""
     from moe_core.errors import GraphError
 
     try:
         g = layer.graphed([x.shape[0]], copy_out=False)
     except GraphError as e:
         return Call(lambda: layer(x, tw, ti), no_capture=str(e))
-    return Call(lambda: g(x, tw, ti), note="MoELayer.graphed()", own_graph=True,
-                eager=lambda: layer(x, tw, ti))
+    sx, sw, si = g.static_inputs(x.shape[0])
+    sx.copy_(x), sw.copy_(tw), si.copy_(ti)
+    return Call(lambda: g(sx, sw, si), note="MoELayer.graphed(), inputs in its static buffers",
+                own_graph=True, eager=lambda: layer(x, tw, ti))
 
 
 def layout_call(layer, layout: Layout, x, tw, ti) -> Call:

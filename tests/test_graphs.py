@@ -120,3 +120,35 @@ def test_copy_out_false_returns_the_static_buffer():
     kept = a.clone()
     b = graphed(*random_inputs(spec, 8, seed=2, device="cuda"))
     assert a.data_ptr() == b.data_ptr() and not torch.equal(a, kept)
+
+
+def test_fill_copies_unless_the_source_is_the_destination():
+    from moe_core.graphs import fill
+
+    buf = torch.zeros(4, 3)
+    assert fill(buf[:2], buf[:2]) is False  # written in place: nothing to copy
+    src = torch.ones(2, 3)
+    assert fill(buf[:2], src) is True and torch.equal(buf[:2], src) and not buf[2:].any()
+    assert fill(buf[:2], buf[:2].clone()) is True  # equal values elsewhere: copied
+    assert fill(buf[2:], buf[:2]) is True  # another view of the same buffer: copied
+    assert torch.equal(buf[2:], src)
+    ids = torch.zeros(2, 3, dtype=torch.int64)
+    assert fill(ids, torch.ones(2, 3, dtype=torch.int32)) is True and ids.sum() == 6
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_static_inputs_replay_without_copies_and_match_eager():
+    spec = _spec(arch="auto")
+    host = _host()
+    layer = host.load(host.resolve(spec), random_weights(spec, device="cuda"))
+    graphed = layer.graphed([4, 16], copy_out=False)
+    for n, seed in ((16, 1), (3, 2)):
+        sx, sw, si = graphed.static_inputs(n)
+        x, w, ids = random_inputs(spec, n, seed=seed, device="cuda")
+        sx.copy_(x), sw.copy_(w), si.copy_(ids)
+        torch.testing.assert_close(graphed(sx, sw, si), layer(x, w, ids), rtol=0, atol=0)
+        sx.mul_(2)  # the replay reads the buffers as they are now
+        torch.testing.assert_close(graphed(sx, sw, si), layer(x * 2, w, ids), rtol=0, atol=0)
+    with pytest.raises(InputError, match="captured for 1 to 16"):
+        graphed.static_inputs(17)

@@ -8,6 +8,10 @@ replays stale shapes. A call with fewer tokens than a captured count runs that c
 graph with padding tokens (zero hidden state, weight 0, slot ``s`` routed to this rank's
 expert ``s mod E_local``, so no token names an expert twice where ``top_k <= E_local``):
 they add nothing to the tokens returned, though the runner still computes their rows.
+
+A call copies its inputs into the graph's static buffers, unless they are those buffers
+(:meth:`GraphedLayer.static_inputs`): an engine that writes each step's hidden states and
+routing there replays with no copy at all (three fewer kernels a step).
 """
 
 from __future__ import annotations
@@ -55,6 +59,16 @@ def token_buckets(counts: Iterable[int], max_tokens: int) -> tuple[int, ...]:
     return tuple(out)
 
 
+def fill(dst: torch.Tensor, src: torch.Tensor) -> bool:
+    """Copy ``src`` into ``dst`` unless ``src`` is ``dst`` itself (the same memory, shape,
+    strides and dtype: the caller wrote its input in place). Whether it copied."""
+    if (src.data_ptr() == dst.data_ptr() and src.shape == dst.shape and src.stride() == dst.stride()
+            and src.dtype == dst.dtype and src.device == dst.device):
+        return False
+    dst.copy_(src)
+    return True
+
+
 class _Captured:
     """One token count's static inputs, output and graph."""
 
@@ -75,9 +89,9 @@ class _Captured:
 
     def run(self, x: torch.Tensor, topk_weights: torch.Tensor, topk_ids: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
-        self.x[:n].copy_(x)
-        self.weights[:n].copy_(topk_weights)
-        self.ids[:n].copy_(topk_ids)
+        fill(self.x[:n], x)
+        fill(self.weights[:n], topk_weights)
+        fill(self.ids[:n], topk_ids)
         if n < self.tokens:  # a bigger earlier call left its tokens here: pad again
             self.x[n:].zero_()
             self.weights[n:].zero_()
@@ -121,3 +135,15 @@ class GraphedLayer:
                              f"{self.token_counts[-1]} (token counts {list(self.token_counts)})")
         out = self._graphs[i].run(x, topk_weights, topk_ids)
         return out.clone() if self.copy_out else out
+
+    def static_inputs(self, tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(x [tokens, H], topk_weights [tokens, k] fp32, topk_ids [tokens, k] int64)``: views
+        of the static inputs of the graph a ``tokens``-token call replays. Write a step's
+        inputs into them and call with these very views: nothing is copied (values of another
+        dtype are converted by the write). They are shared by every call of that graph."""
+        i = bisect_left(self.token_counts, tokens)
+        if tokens < 1 or i == len(self.token_counts):
+            raise InputError(f"{tokens} tokens: the layer was captured for 1 to "
+                             f"{self.token_counts[-1]} (token counts {list(self.token_counts)})")
+        g = self._graphs[i]
+        return g.x[:tokens], g.weights[:tokens], g.ids[:tokens]
