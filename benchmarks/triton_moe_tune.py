@@ -3,7 +3,8 @@
 For each shape of issue 13 (DeepSeek-V3 under EP 8, Qwen3-30B-A3B, gpt-oss-20b, Nemotron-3-Nano
 under TP 8), each weight format the plugin runs it in, and each token bucket, it times both
 grouped GEMMs over a small grid of tiles (CUDA graphs of 10 launches, CUDA events) on a
-random routing, keeps the ``block_m`` whose best GEMM1 + best GEMM2 is fastest, then times
+random routing (then the best tile with each row-block walk of ``GROUP_MS``), keeps the
+``block_m`` whose best GEMM1 + best GEMM2 is fastest, then times
 the whole layer with the table it wrote (and with the alignment's torch-op path instead of
 its Triton kernels) and prints the bandwidth of the weights it reads against this GPU's measured copy
 bandwidth. Decode buckets get most of the grid. About 4 minutes on one H200 (mostly
@@ -16,6 +17,7 @@ Triton compiles); ``--shapes``/``--buckets`` narrow it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -58,6 +60,14 @@ PREFILL_TILES = {
 }
 
 
+#: Row blocks walked together, tried on each bucket's best tile (vLLM's H200 tables use 1 to
+#: 64; its Qwen3 fp8 tile at 16 tokens walks 32 where ours walked 1 and its GEMMs took 104
+#: against our 117 µs, benchmark profile 2026-12-01).
+GROUP_MS = (1, 8, 32)
+#: Where the tuning tensors live (tests run the selection on a CPU with stand-in kernels).
+DEVICE = "cuda"
+
+
 def block_ms(rows_per_expert: float, prefill: bool) -> list[int]:
     if prefill:
         return [64, 128]
@@ -84,7 +94,7 @@ def graph_time_us(fn, launches: int = 10, replays: int = 5) -> float:
 def make_weights(spec, dtype: str):
     """Random weights straight on the GPU (timing only: values need not be the reference's)."""
     E, R, H, I = spec.local_experts, spec.w13_rows, spec.hidden_size, spec.intermediate_per_partition
-    dev = "cuda"
+    dev = DEVICE
     w = {"w13": torch.randn(E, R, H, device=dev) / math.sqrt(H), "w2": torch.randn(E, H, I, device=dev) / math.sqrt(I)}
     if dtype == "fp8_block128":
         w = {k: v.to(torch.float8_e4m3fn) for k, v in w.items()}
@@ -102,14 +112,14 @@ def make_weights(spec, dtype: str):
 def routing(spec, tokens: int):
     """``(topk_weights, topk_ids)`` as layer_bench draws them (top-k over the local experts:
     a rank's load after dispatch), so the tiles are tuned for the routing they are timed on."""
-    _, weights, ids = layer_bench.routed_inputs(spec, tokens, "cuda")
+    _, weights, ids = layer_bench.routed_inputs(spec, tokens, DEVICE)
     return weights, ids
 
 
 def tune_bucket(kernels, spec, dtype, w, tokens):
     """{block_m: (best gemm1 (us, config), best gemm2 (us, config))} for one bucket."""
     H, I, k = spec.hidden_size, spec.intermediate_per_partition, spec.top_k
-    x = torch.randn(tokens, H, device="cuda").to(torch.bfloat16)
+    x = torch.randn(tokens, H, device=DEVICE).to(torch.bfloat16)
     _, ids = routing(spec, tokens)
     fp8 = dtype == "fp8_block128"
     a, a_scale = quantize_groups(x) if fp8 else (x, None)
@@ -122,23 +132,23 @@ def tune_bucket(kernels, spec, dtype, w, tokens):
     for bm in block_ms(rows_per_expert, prefill):
         routes = align_by_expert(ids, spec.first_expert, spec.local_experts, bm)
         rows, n = routes.sorted_slots.shape[0], ids.numel()
-        h = torch.empty(rows, w["w13"].shape[1], dtype=torch.bfloat16, device="cuda")
-        act = torch.empty(rows, I, dtype=torch.float8_e4m3fn if fp8 else torch.bfloat16, device="cuda")
-        act_scale = torch.empty(-(-I // 128), rows, device="cuda").t() if fp8 else None
-        y = torch.empty(rows, H, dtype=torch.bfloat16, device="cuda")
+        h = torch.empty(rows, w["w13"].shape[1], dtype=torch.bfloat16, device=DEVICE)
+        act = torch.empty(rows, I, dtype=torch.float8_e4m3fn if fp8 else torch.bfloat16, device=DEVICE)
+        act_scale = torch.empty(-(-I // 128), rows, device=DEVICE).t() if fp8 else None
+        y = torch.empty(rows, H, dtype=torch.bfloat16, device=DEVICE)
         best = []
         for gemm in (1, 2):
             times = []
-            for bn, bk, warps, stages in tiles:
-                cfg = TileConfig(bm, bn, bk, 1 if not prefill else 8, warps, stages)
+
+            def time_tile(cfg, gemm=gemm, times=times):
                 if gemm == 1:
-                    call = lambda c=cfg: kernels.launch_gemm(  # noqa: E731
-                        a, w["w13"], h, routes.sorted_slots, routes.block_expert, c, num_slots=n,
+                    call = lambda: kernels.launch_gemm(  # noqa: E731
+                        a, w["w13"], h, routes.sorted_slots, routes.block_expert, cfg, num_slots=n,
                         gather=True, top_k=k, a_scale=a_scale, w_scale=w.get("w13_scale"),
                         bias=w.get("w13_bias"), split_n=I if spec.activation.gated else None)
                 else:
-                    call = lambda c=cfg: kernels.launch_gemm(  # noqa: E731
-                        act, w["w2"], y, routes.sorted_slots, routes.block_expert, c, num_slots=n,
+                    call = lambda: kernels.launch_gemm(  # noqa: E731
+                        act, w["w2"], y, routes.sorted_slots, routes.block_expert, cfg, num_slots=n,
                         gather=False, a_scale=act_scale, w_scale=w.get("w2_scale"), bias=w.get("w2_bias"))
                 try:
                     times.append((graph_time_us(call), cfg))
@@ -148,6 +158,14 @@ def tune_bucket(kernels, spec, dtype, w, tokens):
                     kernels.launch_activation(h, act, routes.slot_rows, intermediate=I,
                                               act=kernels.activation_code(spec), scale=act_scale,
                                               limit=spec.swiglu_limit, alpha=spec.swiglu_alpha)
+
+            for bn, bk, warps, stages in tiles:
+                time_tile(TileConfig(bm, bn, bk, 1 if not prefill else 8, warps, stages))
+            if times:  # then the best tile's other row-block walks
+                top = min(times, key=lambda t: t[0])[1]
+                for g in GROUP_MS:
+                    if g != top.group_m:
+                        time_tile(dataclasses.replace(top, group_m=g))
             best.append(min(times, key=lambda t: t[0]))
         out[bm] = tuple(best)
     return out
