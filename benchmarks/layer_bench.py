@@ -22,6 +22,7 @@ cannot run says why.
     python benchmarks/layer_bench.py --shapes qwen3-30b-a3b --quants bf16 --tokens 1,64,4096
     python benchmarks/layer_bench.py --smoke --out /tmp/smoke.json   # CPU, reference only
     python benchmarks/layer_bench.py --from-json layer.json          # table and plot again
+    python benchmarks/layer_bench.py --profile --contenders host,vLLM --tokens 16   # + each row's kernels
 
 Writes the JSON to ``--out`` and the plot (ms per layer vs tokens, log-log, one panel per
 shape x dtype) next to it as ``<out>.png``.
