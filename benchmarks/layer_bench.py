@@ -217,8 +217,7 @@ class Call:
     own_graph: bool = False
     #: Why it is timed eagerly without trying a capture (None: try one).
     no_capture: str | None = None
-    #: The same call without its own graph (``--profile`` runs it eagerly: the layer's own
-    #: kernels, without the graph's input copies); None: ``fn``.
+    #: The same call without its own graph (``--profile`` runs it eagerly); None: ``fn``.
     eager: Callable[[], torch.Tensor] | None = None
 
 

@@ -7,8 +7,9 @@ random routing (then the best tile with each row-block walk of ``GROUP_MS``), ke
 ``block_m`` whose best GEMM1 + best GEMM2 is fastest, then times
 the whole layer with the table it wrote (and with the alignment's torch-op path instead of
 its Triton kernels) and prints the bandwidth of the weights it reads against this GPU's measured copy
-bandwidth. Decode buckets get most of the grid. About 4 minutes on one H200 (mostly
-Triton compiles); ``--shapes``/``--buckets`` narrow it.
+bandwidth. Decode buckets get most of the grid. About 5 minutes on one H200 before the
+row-block walks were added (mostly Triton compiles), more with them; ``--shapes`` and
+``--buckets`` narrow it.
 
     python benchmarks/triton_moe_tune.py --out results/tmp/triton     # writes NVIDIA_H200.json there
     cp results/tmp/triton/NVIDIA_H200.json plugins/triton/src/moe_plugin_triton/configs/
@@ -63,7 +64,7 @@ PREFILL_TILES = {
 #: Row blocks walked together, tried on each bucket's best tile (vLLM's H200 tables use 1 to
 #: 64; its Qwen3 fp8 tile at 16 tokens walks 32 where ours walked 1 and its GEMMs took 104
 #: against our 117 µs, benchmark profile 2026-12-01).
-GROUP_MS = (1, 8, 32)
+GROUP_MS = (1, 8, 16, 32)
 #: Where the tuning tensors live (tests run the selection on a CPU with stand-in kernels).
 DEVICE = "cuda"
 

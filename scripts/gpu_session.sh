@@ -33,6 +33,7 @@ SHAPES_B=${SHAPES_B:-gpt-oss-20b,nemotron-3-nano-tp8}
 TUNE_ARGS=${TUNE_ARGS:---buckets 1,4,16,64,128,256,512,2048}
 LB_TOKENS=${LB_TOKENS:-1,4,16,64,256,512,2048}  # 2,048 tokens at top-8 = 16K routed rows
 # One GPU: the steps, in order (leave out "tune" to keep the shipped Triton tile table).
+ONE_GPU_STAGES="tests_b tune lane_a transformers_1gpu lane_b profile permute dg_tests"
 STAGES=${STAGES:-tests_b tune lane_a transformers_1gpu lane_b profile permute}
 KIT=${KIT:-1}                # 0: no conformance kit beside the GPU tests
 # Rows profiled kernel by kernel (layer_bench --profile): what the host pays beyond the kernels.
@@ -128,9 +129,9 @@ pipeline() {
         ep
     else  # correctness first: a benchmark of a wrong kernel is worth nothing
         for s in $STAGES; do
-            case " tests_b tune lane_a transformers_1gpu lane_b profile permute dg_tests " in
+            case " $ONE_GPU_STAGES " in
                 *" $s "*) "$s" ;;
-                *) stage "$s rc=unknown stage (STAGES: tests_b tune lane_a transformers_1gpu lane_b profile permute dg_tests)" ;;
+                *) stage "$s rc=unknown stage (STAGES takes: $ONE_GPU_STAGES)" ;;
             esac
         done
     fi

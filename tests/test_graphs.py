@@ -132,6 +132,9 @@ def test_fill_copies_unless_the_source_is_the_destination():
     assert fill(buf[:2], buf[:2].clone()) is True  # equal values elsewhere: copied
     assert fill(buf[2:], buf[:2]) is True  # another view of the same buffer: copied
     assert torch.equal(buf[2:], src)
+    rows = torch.arange(8.0).view(4, 2)
+    assert fill(rows[:3], rows[1:]) is True  # overlapping rows, shifted: through a temporary
+    assert rows.flatten().tolist() == [2, 3, 4, 5, 6, 7, 6, 7]
     ids = torch.zeros(2, 3, dtype=torch.int64)
     assert fill(ids, torch.ones(2, 3, dtype=torch.int32)) is True and ids.sum() == 6
 

@@ -11,7 +11,8 @@ they add nothing to the tokens returned, though the runner still computes their 
 
 A call copies its inputs into the graph's static buffers, unless they are those buffers
 (:meth:`GraphedLayer.static_inputs`): an engine that writes each step's hidden states and
-routing there replays with no copy at all (three fewer kernels a step).
+routing there replays with no input copy (three fewer kernels a step; a call with fewer
+tokens than its graph still re-pads the rows past them).
 """
 
 from __future__ import annotations
@@ -61,11 +62,14 @@ def token_buckets(counts: Iterable[int], max_tokens: int) -> tuple[int, ...]:
 
 def fill(dst: torch.Tensor, src: torch.Tensor) -> bool:
     """Copy ``src`` into ``dst`` unless ``src`` is ``dst`` itself (the same memory, shape,
-    strides and dtype: the caller wrote its input in place). Whether it copied."""
+    strides and dtype: the caller wrote its input in place). Whether it copied. Another view
+    of the same storage (rows shifted) is copied through a temporary."""
     if (src.data_ptr() == dst.data_ptr() and src.shape == dst.shape and src.stride() == dst.stride()
             and src.dtype == dst.dtype and src.device == dst.device):
         return False
-    dst.copy_(src)
+    same_storage = (src.device == dst.device
+                    and src.untyped_storage().data_ptr() == dst.untyped_storage().data_ptr())
+    dst.copy_(src.clone() if same_storage else src)
     return True
 
 
@@ -139,8 +143,9 @@ class GraphedLayer:
     def static_inputs(self, tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(x [tokens, H], topk_weights [tokens, k] fp32, topk_ids [tokens, k] int64)``: views
         of the static inputs of the graph a ``tokens``-token call replays. Write a step's
-        inputs into them and call with these very views: nothing is copied (values of another
-        dtype are converted by the write). They are shared by every call of that graph."""
+        inputs into them and call with these very views: they are not copied (values of
+        another dtype are converted by the write; rows past ``tokens`` are still re-padded).
+        They are shared by every call of that graph."""
         i = bisect_left(self.token_counts, tokens)
         if tokens < 1 or i == len(self.token_counts):
             raise InputError(f"{tokens} tokens: the layer was captured for 1 to "

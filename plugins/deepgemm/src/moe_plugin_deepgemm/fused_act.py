@@ -178,13 +178,16 @@ def _check_filter(h: torch.Tensor, counts, row_expert) -> None:
     if counts is not None and row_expert is not None:
         raise ValueError("give counts (masked layout) or row_expert (contiguous layout), not both")
     if counts is not None and (h.dim() != 3 or counts.shape != h.shape[:1] or counts.dtype != torch.int32
-                               or not counts.is_contiguous()):
-        raise ValueError(f"counts must be a contiguous int32 [{h.shape[0]}] tensor for a 3-D h "
-                         f"[E, M, 2I]; got {counts.dtype} {tuple(counts.shape)} for h {tuple(h.shape)}")
+                               or not counts.is_contiguous() or counts.device != h.device):
+        raise ValueError(f"counts must be a contiguous int32 [E] tensor on {h.device} for a 3-D h "
+                         f"[E, M, 2I]; got {counts.dtype} {tuple(counts.shape)} on {counts.device} "
+                         f"for h {tuple(h.shape)}")
     if row_expert is not None and (h.dim() != 2 or row_expert.shape != h.shape[:1]
-                                   or row_expert.dtype != torch.int32 or not row_expert.is_contiguous()):
-        raise ValueError(f"row_expert must be a contiguous int32 [{h.shape[0]}] tensor for a 2-D h; "
-                         f"got {row_expert.dtype} {tuple(row_expert.shape)} for h {tuple(h.shape)}")
+                                   or row_expert.dtype != torch.int32 or not row_expert.is_contiguous()
+                                   or row_expert.device != h.device):
+        raise ValueError(f"row_expert must be a contiguous int32 [M] tensor on {h.device} for a 2-D h "
+                         f"[M, 2I]; got {row_expert.dtype} {tuple(row_expert.shape)} on "
+                         f"{row_expert.device} for h {tuple(h.shape)}")
 
 
 def _launch(grid, h3, out, scales, counts, row_expert, M, I, limit, alpha, *, quant: bool, tg: int,
