@@ -13,7 +13,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
 import triton_moe_tune as tt  # noqa: E402
 
 from moe_core import MoESpec  # noqa: E402
-from moe_plugin_triton.configs import TileConfig  # noqa: E402
 
 
 class StandInKernels:
