@@ -66,7 +66,7 @@ builds() {
 }
 
 tune() {  # the Triton tile table every later step uses
-    step triton_tune 420 python3 benchmarks/triton_moe_tune.py --out "$W/triton" $TUNE_ARGS
+    step triton_tune 600 python3 benchmarks/triton_moe_tune.py --out "$W/triton" $TUNE_ARGS
     [ -f "$W/triton/NVIDIA_H200.json" ] && export MOE_TRITON_CONFIGS=$W/triton
 }
 
