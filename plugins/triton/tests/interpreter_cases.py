@@ -82,9 +82,31 @@ def contiguous(host, fields):
     return relative_error(out, ref), tolerance(spec.quant)
 
 
+def swapped(job):
+    """``job`` as on a Hopper GPU, where FP8 GEMMs with short row tiles swap their operands
+    (``kernels.swaps_operands``); fails unless some launch did swap."""
+    real_sm90, real_rule = kernels.is_sm90, kernels.swaps_operands
+    decided = []
+
+    def rule(config, fp8, device):
+        decided.append(real_rule(config, fp8, device))
+        return decided[-1]
+    kernels.is_sm90, kernels.swaps_operands = (lambda device: True), rule
+    try:
+        result = job()
+    finally:
+        kernels.is_sm90, kernels.swaps_operands = real_sm90, real_rule
+    assert any(decided), f"no launch swapped its operands ({decided})"
+    return result
+
+
 def main() -> None:
     host = Host()
     jobs = {name: (lambda f=f, t=t: standard(host, f, t)) for name, (f, t) in CASES.items()}
+    for name in ("fp8-silu", "fp8-clamp-ep-slice", "fp8-relu2"):
+        f, t = CASES[name]
+        jobs[name + "-swapped"] = lambda f=f, t=t: swapped(lambda: standard(host, f, t))
+    jobs["fp8-contiguous-swapped"] = lambda: swapped(lambda: contiguous(host, {**BASE, **FP8}))
     jobs["bf16-empty-experts"] = lambda: empty_experts(host)
     jobs["bf16-contiguous-ep"] = lambda: contiguous(host, {**BASE, "tp_size": 2, "ep_size": 2, "rank": 1})
     jobs["fp8-contiguous"] = lambda: contiguous(host, {**BASE, **FP8})

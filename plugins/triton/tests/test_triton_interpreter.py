@@ -40,3 +40,6 @@ def test_the_kernels_match_float64(results):
     assert not over, over
     # Not vacuous: the cases with tokens computed something close to, but not bitwise, float64.
     assert 0 < results["bf16-silu"]["error"] < 1e-2 and 0 < results["fp8-silu"]["error"] < 6e-2
+    # FP8 with the operands swapped (Hopper's short-row-tile rule) ran, and computed the same
+    assert {k for k in results if k.endswith("-swapped")} >= {"fp8-silu-swapped", "fp8-contiguous-swapped"}
+    assert results["fp8-silu-swapped"]["error"] == pytest.approx(results["fp8-silu"]["error"], rel=1e-3)
