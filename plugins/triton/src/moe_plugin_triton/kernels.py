@@ -22,6 +22,8 @@ Triton decides at decoration time whether a kernel runs in its CPU interpreter
 
 from __future__ import annotations
 
+import functools
+
 import triton
 import triton.language as tl
 
@@ -179,9 +181,15 @@ def activate(h_ptr, out_ptr, scale_ptr, slot_rows_ptr, I, stride_hm, stride_om, 
         tl.store(out_row + cols, a.to(tl.bfloat16), mask=live)
 
 
+@functools.cache
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
 def is_sm90(device: torch.device) -> bool:
-    """Whether ``device`` is a Hopper GPU (SM 9.0)."""
-    return device.type == "cuda" and torch.cuda.get_device_capability(device) == (9, 0)
+    """Whether ``device`` is a Hopper GPU (SM 9.0); asked once per GPU."""
+    return device.type == "cuda" and _capability(device.index if device.index is not None
+                                                 else torch.cuda.current_device()) == (9, 0)
 
 
 def swaps_operands(config, fp8: bool, device: torch.device) -> bool:
@@ -220,8 +228,8 @@ def launch_gemm(a, w, out, sorted_slots, block_expert, config, *, num_slots: int
         w_s.stride(0) if fp8 else 0, w_s.stride(1) if fp8 else 0, w_s.stride(2) if fp8 else 0,
         b.stride(0) if bias is not None else 0,
         GATHER=gather, HAS_BIAS=bias is not None, FP8=fp8, EVEN_K=K % c.block_k == 0,
-        SWAP=swaps_operands(c, fp8, out.device), INTERPRET=INTERPRET, BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_K=c.block_k,
-        GROUP_M=c.group_m, num_warps=c.num_warps, num_stages=c.num_stages)
+        SWAP=swaps_operands(c, fp8, out.device), INTERPRET=INTERPRET,
+        BLOCK_M=c.block_m, BLOCK_N=c.block_n, BLOCK_K=c.block_k, GROUP_M=c.group_m, num_warps=c.num_warps, num_stages=c.num_stages)
 
 
 def activation_block(intermediate: int) -> int:
