@@ -49,6 +49,11 @@ def _spec(arch="cpu", **kw):
                    arch=arch, **kw)
 
 
+def _cuda_layer(spec):
+    host = _host()
+    return host.load(host.resolve(spec), random_weights(spec, device="cuda"))
+
+
 def test_the_plan_carries_the_declaration():
     assert _host().resolve(_spec()).graph_safe is True
     assert _host(graph_safe=False).resolve(_spec()).graph_safe is False
@@ -97,8 +102,7 @@ def test_moe_run_refuses_before_building_weights(capsys):
 @pytest.mark.parametrize("rank", [0, 1])
 def test_replays_equal_eager_calls_at_every_count(rank):
     spec = _spec(arch="auto", tp_size=2, ep_size=2, rank=rank)
-    host = _host()
-    layer = host.load(host.resolve(spec), random_weights(spec, device="cuda"))
+    layer = _cuda_layer(spec)
     graphed = layer.graphed([4, 16])
     # Big then small: padding must not carry the bigger call's tokens into the smaller one.
     for n, seed in ((16, 1), (3, 2), (4, 3), (1, 4), (16, 5), (0, 6)):
@@ -113,8 +117,7 @@ def test_replays_equal_eager_calls_at_every_count(rank):
 @pytest.mark.gpu
 def test_copy_out_false_returns_the_static_buffer():
     spec = _spec(arch="auto")
-    host = _host()
-    layer = host.load(host.resolve(spec), random_weights(spec, device="cuda"))
+    layer = _cuda_layer(spec)
     graphed = layer.graphed([8], copy_out=False)
     a = graphed(*random_inputs(spec, 8, seed=1, device="cuda"))
     kept = a.clone()
@@ -143,8 +146,7 @@ def test_fill_copies_unless_the_source_is_the_destination():
 @pytest.mark.gpu
 def test_static_inputs_replay_without_copies_and_match_eager():
     spec = _spec(arch="auto")
-    host = _host()
-    layer = host.load(host.resolve(spec), random_weights(spec, device="cuda"))
+    layer = _cuda_layer(spec)
     graphed = layer.graphed([4, 16], copy_out=False)
     for n, seed in ((16, 1), (3, 2)):
         sx, sw, si = graphed.static_inputs(n)
