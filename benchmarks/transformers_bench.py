@@ -150,9 +150,10 @@ def set_implementation(model, impl: str) -> str | None:
 
 
 def measure(model, impls, preset, device, ep: int, sizes, ep_impl: str | None = None,
-            want: dict | None = None) -> list[dict]:
+            want: dict | None = None, graph: bool = True) -> list[dict]:
     """One row per (implementation, size). ``want``: grouped_mm's logits per size, filled
-    here when grouped_mm runs in this load (inputs are seeded, so loads compare)."""
+    here when grouped_mm runs in this load (inputs are seeded, so loads compare). ``graph``:
+    one GPU times CUDA-graph replays (else eager calls)."""
     import moe_core.integrations.transformers as moe_tf
     from moe_core.reference.oracle import relative_error
 
@@ -192,7 +193,7 @@ def measure(model, impls, preset, device, ep: int, sizes, ep_impl: str | None = 
                         row.update(ms=ms, first_s=first, graphed=False)
                         logits = forward(s)
                     else:
-                        t = common.time_call(lambda s=s: forward(s), graph=impl not in NO_CAPTURE,
+                        t = common.time_call(lambda s=s: forward(s), graph=graph and impl not in NO_CAPTURE,
                                              budget_s=BUDGET_S)
                         row.update(ms=t.ms, first_s=t.first_s, graphed=t.graphed,
                                    capture_error=t.capture_error or NO_CAPTURE.get(impl))
@@ -308,6 +309,8 @@ def main(argv=None) -> None:
     ap.add_argument("--from-json", default=None,
                     help="print and plot the results of an earlier run (no GPU needed): the GPU "
                          "machine may have no matplotlib")
+    ap.add_argument("--no-graph", dest="graph", action="store_false",
+                    help="one GPU: time every forward eagerly instead of as CUDA-graph replays")
     ap.add_argument("--no-tune", dest="tune", action="store_false",
                     help="one GPU: skip `moe tune` on the model's layers before the moe_core rows "
                          "(they then show the static priority order, not a tuned machine's choice)")
@@ -349,7 +352,7 @@ def main(argv=None) -> None:
             model = build(preset, device)
             if a.tune and "moe_core" in a.impls.split(","):
                 print(tune_model(model, sizes), flush=True)
-            rows = measure(model, a.impls.split(","), preset, device, 1, sizes)
+            rows = measure(model, a.impls.split(","), preset, device, 1, sizes, graph=a.graph)
             del model
         title = (f"{name} ({preset['family']}, {preset['layers']} layers, E={preset['experts']} "
                  f"top{preset['top_k']} H={preset['hidden']} I={preset['intermediate']}) on "
