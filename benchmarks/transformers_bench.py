@@ -15,9 +15,10 @@ bound by Python and kernel launches (measured on an H200, 2026-12-01: grouped_mm
 7-10 ms per Qwen3 forward at 1 to 2,048 tokens), which hides the experts. Where a forward
 cannot be captured (host synchronisation, as in eager's per-expert loop) it is timed
 eagerly and its row says why. Under EP every forward is eager, a fixed number of calls on
-every rank (the token exchanges must pair up). Each implementation's logits (of the
-timed calls) are compared with grouped_mm's on the same input (relative error). An implementation that cannot run a size (not installed,
-too much memory) gets a row saying why instead of a time. Prints a table, writes JSON and,
+every rank (the token exchanges must pair up). Each implementation's logits (of the timed
+calls) are compared with grouped_mm's on the same input (relative error). An implementation
+that cannot run a size (not installed, too much memory) gets a row saying why instead of a
+time. Prints a table, writes JSON and,
 with matplotlib installed, a plot of ms per forward against tokens.
 """
 
@@ -136,6 +137,12 @@ def tune_model(model, sizes) -> str:
             f"chosen {', '.join(chosen)}")
 
 
+def new_row(impl: str, ep_impl: str | None, kind: str, tokens: int, note: str | None, plans) -> dict:
+    """One result row, not timed yet (``note``: why it will not be)."""
+    return dict(impl=impl, ep_impl=ep_impl, kind=kind, tokens=tokens, ms=None, first_s=None,
+                graphed=None, capture_error=None, rel_err=None, note=note, plans=plans)
+
+
 def set_implementation(model, impl: str) -> str | None:
     """Switch ``model`` to ``impl``; the reason when it cannot run here."""
     from transformers.integrations.moe import ALL_EXPERTS_FUNCTIONS
@@ -180,21 +187,19 @@ def measure(model, impls, preset, device, ep: int, sizes, ep_impl: str | None = 
             plans["selected_by"] = sorted({str(x.by) for x in sel})
             plans["from_measurements"] = all(x.times for x in sel)  # the host read tuning times
         for s in sizes:
-            row = dict(impl=impl, ep_impl=ep_impl, kind=s[0], tokens=s[1], ms=None, first_s=None,
-                       graphed=None, capture_error=None, rel_err=None,
-                       note=skip or why_not(impl, s[1], preset), plans=plans)
+            row = new_row(impl, ep_impl, s[0], s[1], skip or why_not(impl, s[1], preset), plans)
             if row["note"] is None:
                 try:
+                    if ep > 1:
+                        torch.distributed.barrier()
                     if ep > 1 or not device.startswith("cuda"):
-                        if ep > 1:
-                            torch.distributed.barrier()
                         ms, first = timed_fixed(lambda s=s: forward(s), device,
                                                 iters=10 if s[0] == "decode" else 5)
                         row.update(ms=ms, first_s=first, graphed=False)
                         logits = forward(s)
                     else:
-                        t = common.time_call(lambda s=s: forward(s), graph=graph and impl not in NO_CAPTURE,
-                                             budget_s=BUDGET_S)
+                        t = common.time_call(lambda s=s: forward(s),
+                                             graph=graph and impl not in NO_CAPTURE, budget_s=BUDGET_S)
                         row.update(ms=t.ms, first_s=t.first_s, graphed=t.graphed,
                                    capture_error=t.capture_error or NO_CAPTURE.get(impl))
                         logits = t.output
@@ -231,8 +236,7 @@ def run_ep(preset: dict, name: str, ep: int, device: str, root: str, sizes) -> l
         try:
             model = load_sharded(path, ep, ep_impl, impls[0])
         except Exception as e:  # noqa: BLE001 - recorded in the table as the reason
-            rows += [dict(impl=i, ep_impl=ep_impl, kind="-", tokens=0, ms=None, first_s=None,
-                          graphed=None, capture_error=None, rel_err=None, note=f"load: {type(e).__name__}: {e}", plans=None) for i in impls]
+            rows += [new_row(i, ep_impl, "-", 0, f"load: {type(e).__name__}: {e}", None) for i in impls]
             continue
         rows += measure(model, impls, preset, device, ep, sizes, ep_impl, want)
         del model
