@@ -40,10 +40,14 @@ KIT=${KIT:-1}                # 0: no conformance kit beside the GPU tests
 PROFILE_ARGS=${PROFILE_ARGS:---shapes qwen3-30b-a3b,deepseek-v3-ep8 --tokens 16,2048 --no-tune --contenders deepgemm,triton,DeepGEMM,vLLM}
 NGPU=$(nvidia-smi -L | wc -l)
 
+use_tuned_table() {  # later steps read the table the tuning wrote, where it wrote one
+    [ -f "$W/triton/NVIDIA_H200.json" ] && export MOE_TRITON_CONFIGS=$W/triton
+}
+
 wait_for() {  # wait_for STEP: until the other lane logs STEP's exit, at most 15 min (then its table)
     local until=$(( $(date +%s) + 900 ))
     until grep -q "$1 rc=" "$W/stages.txt" 2>/dev/null || [ "$(date +%s)" -ge "$until" ]; do sleep 5; done
-    [ -f "$W/triton/NVIDIA_H200.json" ] && export MOE_TRITON_CONFIGS=$W/triton
+    use_tuned_table
 }
 
 stage() { echo "$(date -u +%T) $*" | tee -a "$W/stages.txt"; }
@@ -67,7 +71,7 @@ builds() {
 
 tune() {  # the Triton tile table every later step uses
     step triton_tune 600 python3 benchmarks/triton_moe_tune.py --out "$W/triton" $TUNE_ARGS
-    [ -f "$W/triton/NVIDIA_H200.json" ] && export MOE_TRITON_CONFIGS=$W/triton
+    use_tuned_table
 }
 
 lane_a() {
