@@ -61,6 +61,7 @@ MASKED_MAX_BYTES = 3 << 30
 #: whether the activation is fused (True) or not.
 MASKED_ROW_RATIO = {True: 4, False: 3}
 
+
 def activation_step(spec, h: torch.Tensor, *, fused: bool, counts: torch.Tensor | None = None,
                     m_indices: torch.Tensor | None = None):
     """The first GEMM's output ``h`` -> the second GEMM's operand (bf16, or fp8 with its
@@ -146,8 +147,8 @@ class DeepGemmRunner(GroupedRunner):
         """Whether the standard call with ``tokens`` tokens takes the masked GEMMs (else the
         contiguous ones): at most ``MASKED_MAX_TOKENS`` tokens, the buffers within
         ``MASKED_MAX_BYTES``, and ``E * round_up(T, 128)`` rows at most ``MASKED_ROW_RATIO``
-        (by fused or not) times the contiguous path's capacity (see the constants). From ``tokens`` alone, so
-        a captured CUDA graph replays the path it was captured with."""
+        (by fused or not) times the contiguous path's capacity (see the constants). From
+        ``tokens`` alone, so a captured CUDA graph replays the path it was captured with."""
         if self.force_path is not None:
             if self.force_path not in ("masked", "contiguous"):
                 raise ValueError(f"force_path must be 'masked', 'contiguous' or None, "
