@@ -40,8 +40,8 @@ KIT=${KIT:-1}                # 0: no conformance kit beside the GPU tests
 PROFILE_ARGS=${PROFILE_ARGS:---shapes qwen3-30b-a3b,deepseek-v3-ep8 --tokens 16,2048 --no-tune --contenders deepgemm,triton,DeepGEMM,vLLM}
 NGPU=$(nvidia-smi -L | wc -l)
 
-use_tuned_table() {  # later steps read the table the tuning wrote, where it wrote one
-    [ -f "$W/triton/NVIDIA_H200.json" ] && export MOE_TRITON_CONFIGS=$W/triton
+use_tuned_table() {  # later steps read the table the tuning wrote (named after the GPU), if any
+    ls "$W"/triton/*.json >/dev/null 2>&1 && export MOE_TRITON_CONFIGS=$W/triton
 }
 
 wait_for() {  # wait_for STEP: until the other lane logs STEP's exit, at most 15 min (then its table)
