@@ -184,6 +184,13 @@ def test_options_are_checked():
         configure(model, a2a="none")
     with pytest.raises(InputError, match="expected 0 < decode_tokens <= max_tokens"):
         configure(model, decode_tokens=512, max_tokens=256)
+    with pytest.raises(InputError, match="expected 0 < decode_tokens <= max_tokens"):
+        configure(model, decode_tokens=0)  # not the default in disguise
+    with pytest.raises(InputError, match="decode_tokens='x': expected a positive int"):
+        configure(model, decode_tokens="x")
+    with pytest.raises(InputError, match="force='refrence': no plugin named 'refrence' is installed"
+                                         r".*did you mean 'reference'\?"):
+        configure(model, force="refrence")  # at configure, not at the first forward
 
 
 def test_the_report_is_the_explain_trace():

@@ -80,3 +80,17 @@ class NoBackendError(ResolutionError):
 
 class BackendUnavailable(ResolutionError):
     """A forced backend cannot run the spec (never a silent fallback)."""
+
+
+class SelectorWarning(MoEError, UserWarning):
+    """A ``disable`` selector that names nothing installed, but looks like a typo of
+    something that is (a plugin name close to an installed one, or a variant its plugin
+    lacks). Not an error: one configuration may serve machines with other plugins."""
+
+
+def did_you_mean(name: str, known) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``known``, or ``""``."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""

@@ -337,22 +337,23 @@ def _excluded(names: Any, key: str, f: _Fields) -> bool:
 
 def _quant(qc: Any, f: _Fields) -> tuple[Quant, list[str]]:
     """The routed experts' weight format."""
-    if qc is None:
-        return Quant.BF16, []
-    if not isinstance(qc, dict):
+    if qc is not None and not isinstance(qc, dict):
         raise f.error("quantization_config", qc, "an object")
-    if isinstance(qc.get("quantization"), dict):  # ModelOpt's hf_quant_config.json
+    if qc is not None and isinstance(qc.get("quantization"), dict):  # ModelOpt's hf_quant_config.json
         qc = {**qc, **qc["quantization"], "quant_method": qc.get("quant_method", "modelopt")}
-    q = _Fields(qc, f.name)
+    q = _Fields(qc or {}, f.name)
     key = "quantization_config"
+    # Read with or without a quantization_config: a top-level one must not be ignored.
     expert_dtype = q.str("expert_dtype") or f.str("expert_dtype")
     if expert_dtype is not None:  # overrides the rest for the routed experts
         table = {"fp4": Quant.MXFP4, "mxfp4": Quant.MXFP4, "nvfp4": Quant.NVFP4,
                  "bf16": Quant.BF16, "bfloat16": Quant.BF16}
         if expert_dtype.lower() not in table:
             raise f.error("expert_dtype", expert_dtype, f"one of {sorted(table)}")
-        return table[expert_dtype.lower()], [f"expert_dtype {expert_dtype!r} overrides the "
-                                             "quantization_config for the routed experts"]
+        return table[expert_dtype.lower()], [f"expert_dtype {expert_dtype!r} gives the routed "
+                                             "experts' format (over any quantization_config)"]
+    if qc is None:
+        return Quant.BF16, []
     method = (q.str("quant_method") or "").lower()
     algo = (q.str("quant_algo") or "").upper()
     for ex in ("modules_to_not_convert", "ignore", "exclude_modules", "ignored_layers"):

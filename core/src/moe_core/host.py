@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -19,7 +20,7 @@ from .declare import Overlap, Reason, Variant, Verdict
 from .dispatch import DispatchConfig
 from .environment import Environment
 from .errors import (BackendUnavailable, InputError, NoBackendError, PluginError, ResolutionError,
-                     WeightsMutated)
+                     SelectorWarning, WeightsMutated, did_you_mean)
 from .isolation import HookFailed, HookTimeout, debug_from_env, timeout_from_env
 from .isolation import call as isolated
 from .plan import Backend, Candidate, Plan, Resolution, SelectedBy, Selection, Status
@@ -311,10 +312,27 @@ class Host:
                 f"forced backend {res.force!r} cannot run {spec.describe()}:\n{res.summary()}", res)
         raise NoBackendError(f"no backend can run {spec.describe()}:\n{res.summary()}", res)
 
+    def _warn_typos(self, disable: tuple[str, ...]) -> None:
+        """A :class:`SelectorWarning` for each ``disable`` entry that looks like a typo."""
+        records = self.registry.records
+        for text in disable:
+            plugin, variant = _selector(text)
+            rec = records.get(plugin)
+            if rec is None:
+                hint = did_you_mean(plugin, records)
+                if hint:
+                    warnings.warn(f"disable {text!r}: no plugin named {plugin!r} is installed{hint}",
+                                  SelectorWarning, stacklevel=5)
+            elif variant and rec.status is PluginStatus.OK and variant not in {v.name for v in rec.variants}:
+                warnings.warn(f"disable {text!r}: plugin {plugin!r} has no variant {variant!r} (its "
+                              f"variants: {_names(v.name for v in rec.variants)})", SelectorWarning,
+                              stacklevel=5)
+
     def _resolve(self, spec: MoESpec, force: str | None, disable: tuple[str, ...],
                  env: Environment) -> Resolution:
         force_sel = _selector(force) if force else None
         disabled = [_selector(d) for d in disable]
+        self._warn_typos(disable)
         if force_sel and force_sel[0] not in self.registry.records:
             known = ", ".join(r.name for r in self.registry) or "none"
             raise ResolutionError(f"forced backend {force!r}: no plugin named {force_sel[0]!r} "

@@ -33,7 +33,8 @@ def timeout_from_env() -> float:
         from .errors import InputError
 
         raise InputError(f"${ENV_TIMEOUT}={text!r}: expected a number of seconds >= 0 (0: no limit)")
-    return value
+    # A wait past the platform's clock (inf, 1e10) overflows inside the queue: no limit it is.
+    return 0.0 if value > threading.TIMEOUT_MAX / 2 else value
 
 
 def debug_from_env() -> bool:

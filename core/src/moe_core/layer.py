@@ -95,6 +95,18 @@ class MoELayer:
                 raise InputError(f"topk_ids range [{lo}, {hi}] is outside [0, {spec.num_experts}) "
                                  "(global expert ids)")
 
+    @staticmethod
+    def _check_counts(name: str, t, x: torch.Tensor, shape: tuple[int, ...], what: str) -> None:
+        """``t`` is an integer tensor of ``shape`` on ``x``'s device."""
+        if not isinstance(t, torch.Tensor):
+            raise InputError(f"{name} is {type(t).__name__}; expected a torch.Tensor of shape {shape} = {what}")
+        if tuple(t.shape) != shape:
+            raise InputError(f"{name} has shape {tuple(t.shape)}; expected {shape} = {what}")
+        if t.dtype not in (torch.int32, torch.int64):
+            raise InputError(f"{name} has dtype {t.dtype}; expected int32 or int64 row counts")
+        if t.device != x.device:
+            raise InputError(f"{name} is on {t.device}; x is on {x.device}")
+
     def _expect(self, layout: Layout) -> None:
         # The host checked the runner's methods for the plan's layout; another layout's
         # method is optional (GroupedRunner has all three).
@@ -107,9 +119,7 @@ class MoELayer:
         E = self.plan.spec.local_experts
         self._expect(Layout.CONTIGUOUS)
         self._check_hidden("x", x, 2)
-        if tuple(offsets.shape) != (E + 1,):
-            raise InputError(f"offsets has shape {tuple(offsets.shape)}; expected ({E + 1},) = "
-                             "(local_experts + 1,)")
+        self._check_counts("offsets", offsets, x, (E + 1,), "(local_experts + 1,)")
         if self.check_values:
             diffs = offsets.diff()
             if int(offsets[0]) != 0 or int(offsets[-1]) != x.shape[0] or bool((diffs < 0).any()):
@@ -123,9 +133,10 @@ class MoELayer:
         E = self.plan.spec.local_experts
         self._expect(Layout.MASKED)
         self._check_hidden("x", x, 3)
-        if x.shape[0] != E or tuple(masked_m.shape) != (E,):
-            raise InputError(f"x has shape {tuple(x.shape)} and masked_m {tuple(masked_m.shape)}; "
-                             f"expected ({E}, M, H) and ({E},) = local experts")
+        if x.shape[0] != E:
+            raise InputError(f"x has shape {tuple(x.shape)}; expected ({E}, M, H) = (local experts, "
+                             "rows per expert, hidden)")
+        self._check_counts("masked_m", masked_m, x, (E,), "(local_experts,)")
         if self.check_values and bool(((masked_m < 0) | (masked_m > x.shape[1])).any()):
             raise InputError(f"masked_m values must lie in [0, {x.shape[1]}]; got {masked_m.tolist()}")
         return self._verify(Layout.MASKED, self.runner.run_masked(x, masked_m), x.shape, x.device)

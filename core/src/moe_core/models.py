@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .arch import detect_arch
-from .errors import ModelConfigError, UnknownModelError
+from .errors import InputError, ModelConfigError, UnknownModelError
 from .spec import A2A, Activation, MoESpec, Quant
 
 
@@ -208,8 +208,13 @@ def spec_for_model(
     :param layer: the decoder layer, where a config gives sizes per layer (default: the first
         MoE layer).
     """
+    if not isinstance(model, (str, Path, ModelConfig)):
+        raise InputError(f"model is {type(model).__name__}; expected a model name, a path to a "
+                         "config.json (or its folder), or a ModelConfig")
     cfg = model if isinstance(model, ModelConfig) else load_model_config(model)
     if layer is not None:
+        if not isinstance(layer, int) or isinstance(layer, bool):
+            raise InputError(f"layer={layer!r}: expected an int (a decoder layer index)")
         cfg = cfg.for_layer(layer)
     num_experts = cfg.num_experts if experts is None else experts
     return MoESpec(

@@ -11,11 +11,12 @@ Parallel layout follows the engines' convention (SGLang's ``--tp/--ep``): the la
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-from .arch import check_arch, sm_version
+from .arch import check_arch, detect_arch, sm_version
 from .errors import SpecError
 
 
@@ -78,6 +79,18 @@ def _positive(name: str, value: Any) -> None:
         raise SpecError(name, f"expected a positive integer, got {value!r}")
 
 
+def _flag(name: str, value: Any) -> None:
+    # bool("false") is True: a string here would silently switch the feature on.
+    if not isinstance(value, bool):
+        raise SpecError(name, f"expected True or False, got {value!r}")
+
+
+def _positive_float(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+        raise SpecError(name, f"expected a positive finite number, got {value!r}")
+    return float(value)
+
+
 @dataclass(frozen=True, slots=True)
 class MoESpec:
     """One MoE layer on one rank. Build it in code, or with :func:`moe_core.spec_for_model`.
@@ -119,7 +132,10 @@ class MoESpec:
         set_(self, "activation", _enum(Activation, "activation", self.activation))
         set_(self, "quant", _enum(Quant, "quant", self.quant))
         set_(self, "a2a", _enum(A2A, "a2a", self.a2a))
-        set_(self, "arch", check_arch(self.arch))
+        set_(self, "arch", detect_arch() if str(self.arch).strip().lower() == "auto"
+             else check_arch(self.arch))
+        for name in ("has_bias", "sbo", "down_gemm_overlap", "static_input_scale"):
+            _flag(name, getattr(self, name))
         for name in ("num_experts", "top_k", "hidden_size", "intermediate_size",
                      "tp_size", "ep_size", "max_tokens"):
             _positive(name, getattr(self, name))
@@ -152,8 +168,11 @@ class MoESpec:
         if not isinstance(self.rank, int) or not 0 <= self.rank < self.tp_size:
             raise SpecError("rank", f"{self.rank!r} is not in [0, tp_size={self.tp_size})")
         if self.activation is Activation.SWIGLU_LIMIT:
-            if self.swiglu_limit is None or not self.swiglu_limit > 0:
+            if self.swiglu_limit is None:
                 raise SpecError("swiglu_limit", "activation swiglu_limit needs a positive clamp limit")
+            for name in ("swiglu_limit", "swiglu_alpha"):
+                if getattr(self, name) is not None:
+                    set_(self, name, _positive_float(name, getattr(self, name)))
         elif self.swiglu_limit is not None or self.swiglu_alpha is not None:
             raise SpecError(
                 "swiglu_limit",

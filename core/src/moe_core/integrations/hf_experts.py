@@ -396,6 +396,10 @@ class Options:
     a2a: str | None = None
 
     def __post_init__(self) -> None:
+        for name in ("decode_tokens", "max_tokens"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise InputError(f"{name}={value!r}: expected a positive int (tokens per rank)")
         if not 0 < self.decode_tokens <= self.max_tokens:
             raise InputError(f"decode_tokens={self.decode_tokens}, max_tokens={self.max_tokens}: "
                              "expected 0 < decode_tokens <= max_tokens")

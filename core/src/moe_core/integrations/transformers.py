@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from transformers.integrations.moe import ExpertsInterface
 
-from ..errors import InputError, ModelConfigError
+from ..errors import InputError, ModelConfigError, did_you_mean
 from ..plan import Plan, Resolution
 from ..spec import A2A
 from .hf_experts import (EP_ATTR, EXPERT_KEYS, ExpertsLayout, Options, Sharding, UnsupportedExperts,
@@ -257,10 +257,16 @@ def configure(model: torch.nn.Module, *, host=None, force: str | None = None, di
               a2a: str | None = None) -> Options:
     """How every experts module of ``model`` is resolved (see :class:`Options`); drops the
     layers loaded so far. Without it: the installed plugins, ``$MOE_BACKEND``/``$MOE_DISABLE``."""
-    defaults = Options()
+    defaults = Options()  # None only: 0 tokens is an error, not a default
     opts = Options(host=host, force=force, disable=disable,
-                   decode_tokens=decode_tokens or defaults.decode_tokens,
-                   max_tokens=max_tokens or defaults.max_tokens, a2a=a2a)
+                   decode_tokens=defaults.decode_tokens if decode_tokens is None else decode_tokens,
+                   max_tokens=defaults.max_tokens if max_tokens is None else max_tokens, a2a=a2a)
+    if force:  # now, not at the first forward: the host knows its plugins already
+        plugin = force.partition(":")[0].strip()
+        records = opts.the_host().registry.records
+        if plugin not in records:
+            raise InputError(f"force={force!r}: no plugin named {plugin!r} is installed (installed: "
+                             f"{', '.join(records) or 'none'}){did_you_mean(plugin, records)}")
     for _, module in _found(model):
         set_options(module, opts)
     return opts

@@ -288,15 +288,15 @@ def read_file(path: Path, *, warn: bool = True) -> Loaded:
     """A tuning file, never raising: unreadable parts become ``problems`` (and a logged warning)."""
     out = Loaded(path)
     try:
-        text = path.read_text()
+        text = path.read_bytes()
     except FileNotFoundError:
         return out
     except OSError as e:
         out.problems.append(f"tuning file {path} unreadable ({e}); its measurements are ignored")
     else:
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
+            data = json.loads(text)  # bytes: json detects the UTF encoding, else raises
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
             data = None
             out.problems.append(f"tuning file {path} is not valid JSON (truncated or corrupt: {e}); "
                                 "its measurements are ignored")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,8 @@ class TileConfig:
             v = getattr(self, name)
             if v < 16 or v & (v - 1):
                 raise ValueError(f"tile config {name}={v}: expected a power of two >= 16 (tl.dot tiles)")
+        if self.num_warps > 32 or self.num_warps & (self.num_warps - 1):
+            raise ValueError(f"tile config num_warps={self.num_warps}: expected a power of two <= 32")
 
     def to_json(self) -> dict[str, int]:
         return dataclasses.asdict(self)
@@ -125,11 +128,27 @@ class ConfigTable:
 
     @classmethod
     def parse(cls, data: dict, source: str) -> "ConfigTable":
+        """The table in ``data``; ValueError naming ``source`` and the bad entry otherwise."""
         gemms = data.get("gemms") if isinstance(data, dict) else None
         if not isinstance(gemms, dict):
             raise ValueError(f"{source}: expected an object with a 'gemms' mapping")
-        return cls({key: {int(b): TileConfig.from_json(c) for b, c in per_bucket.items()}
-                    for key, per_bucket in gemms.items()}, source)
+        out: dict[str, dict[int, TileConfig]] = {}
+        for key, per_bucket in gemms.items():
+            dtype, _, rest = str(key).partition(",")
+            if dtype not in DTYPES or not re.fullmatch(r"N=[1-9][0-9]*,K=[1-9][0-9]*", rest):
+                raise ValueError(f"{source}: gemm key {key!r}: expected '<dtype>,N=<int>,K=<int>' "
+                                 f"with dtype one of {DTYPES}")
+            if not isinstance(per_bucket, dict):
+                raise ValueError(f"{source}: {key}: expected a mapping of token bucket -> tile config")
+            out[key] = {}
+            for b, c in per_bucket.items():
+                if not re.fullmatch(r"[1-9][0-9]*", str(b)):
+                    raise ValueError(f"{source}: {key}: bucket {b!r}: expected a positive token count")
+                try:
+                    out[key][int(b)] = TileConfig.from_json(c)
+                except ValueError as e:
+                    raise ValueError(f"{source}: {key} bucket {b}: {e}") from None
+        return cls(out, source)
 
     @classmethod
     def for_device(cls, device_name: str, folder: Path | None = None) -> "ConfigTable":
@@ -139,7 +158,12 @@ class ConfigTable:
         path = folder / table_name(device_name)
         if not path.is_file():
             return cls({}, f"default rule (no {path.name} in {folder})")
-        return cls.parse(json.loads(path.read_text()), str(path))
+        try:
+            data = json.loads(path.read_bytes())
+        except (OSError, ValueError) as e:  # ValueError: JSON and Unicode decoding errors
+            raise ValueError(f"{path}: unreadable tile table ({e}); expected the JSON that "
+                             "benchmarks/triton_moe_tune.py writes") from None
+        return cls.parse(data, str(path))
 
     def lookup(self, tokens: int, dtype: str, n: int, k: int) -> TileConfig | None:
         """The tuned config of the smallest tuned bucket >= ``tokens``; None above the largest
