@@ -471,6 +471,20 @@ def measure_row(c: Contender, row: Row, x, tw, ti, flops: int, want, ceil, budge
             row.note = "; ".join(n for n in (row.note, f"no profile: {_why(e)}") if n)
 
 
+def tier_plans(spec: MoESpec, tokens: tuple[int, ...], tiers: tuple[int, ...]):
+    """``[(spec, its token counts)]``: one plan per token range, as the transformers
+    integration's ``tiers`` makes them (boundaries ``tiers`` and the decode limit; the last
+    plan, prefill, up to the largest count)."""
+    bounds = sorted({*(t for t in tiers if t < DECODE_MAX_TOKENS), DECODE_MAX_TOKENS})
+    out, low = [], 0
+    for high in [*bounds, max(tokens)] if max(tokens) > DECODE_MAX_TOKENS else bounds:
+        ts = tuple(t for t in tokens if low < t <= high)
+        if ts:
+            out.append((spec.replace(max_tokens=high, min_tokens=low), ts))
+        low = high
+    return out
+
+
 def tuned_host(host: Host, plans: dict, regimes: dict, log) -> Host:
     """A host whose runner order comes from ``moe tune`` on this panel's layers (in a
     throwaway cache, so no earlier run's times count); ``host`` where tuning fails."""
@@ -503,12 +517,12 @@ def run_panel(name: str, shape: Shape, quant: Quant, tokens: tuple[int, ...], ar
     contenders: list[Contender] = []
     layers: dict = {}
     smoke = args.smoke
-    plans = {regime: spec.replace(max_tokens=DECODE_MAX_TOKENS if regime == "decode" else top)
+    tuned = {regime: spec.replace(max_tokens=DECODE_MAX_TOKENS if regime == "decode" else top)
              for regime, ts in regimes.items() if ts}
     if args.tune:  # what a user runs once per machine: the host then chooses by measurement
-        host = tuned_host(host, plans, regimes, log)
-    for regime, s in plans.items():
-        contenders += moe_core_contenders(host, s, weights, regimes[regime], args.skip, layers)
+        host = tuned_host(host, tuned, regimes, log)
+    for s, ts in tier_plans(spec, tokens, args.tiers):  # the measurements serve every tier
+        contenders += moe_core_contenders(host, s, weights, ts, args.skip, layers)
     if smoke:
         why = "--smoke runs the reference backend and CPU peers only"
         contenders += [Contender(c, Kind.KERNEL if "direct" in c else Kind.PEER, None, reason=why)
@@ -677,6 +691,8 @@ def parse(argv=None):
     ap.add_argument("--profile", action="store_true",
                     help="also record each timed row's kernels and their time per call (torch.profiler, "
                          "eager calls; pair with --contenders)")
+    ap.add_argument("--tiers", default="", help="comma list of plan boundaries below the decode "
+                    "limit (e.g. 64: host rows of 1-64 and 65-256 tokens from plans of their own range)")
     ap.add_argument("--no-tune", dest="tune", action="store_false",
                     help="skip `moe tune` before each panel: the host row then shows the static "
                          "priority order instead of the measured choice a tuned machine makes")
@@ -694,6 +710,12 @@ def parse(argv=None):
         a.quants = [Quant(q) for q in a.quants.split(",")]
     except ValueError:
         ap.error(f"--quants {a.quants!r}: expected some of {', '.join(q.value for q in QUANTS)}")
+    try:
+        a.tiers = tuple(sorted({int(t) for t in a.tiers.split(",") if t.strip()}))
+    except ValueError:
+        a.tiers = (0,)
+    if any(not 0 < t < DECODE_MAX_TOKENS for t in a.tiers):
+        ap.error(f"--tiers {a.tiers}: expected token counts in (0, {DECODE_MAX_TOKENS})")
     a.contenders = [c for c in (a.contenders or "").split(",") if c]
     a.skip = tuple(a.skip.split(",")) if a.skip is not None else (() if a.smoke else DEFAULT_SKIP)
     a.budget = a.budget if a.budget is not None else (0.02 if a.smoke else 0.25)

@@ -32,6 +32,7 @@ SHAPES_A=${SHAPES_A:-deepseek-v3-ep8,qwen3-30b-a3b}  # lane A also tunes the Tri
 SHAPES_B=${SHAPES_B:-gpt-oss-20b,nemotron-3-nano-tp8}
 TUNE_ARGS=${TUNE_ARGS:---buckets 1,4,16,64,128,256,512,2048}
 LB_TOKENS=${LB_TOKENS:-1,4,16,64,256,512,2048}  # 2,048 tokens at top-8 = 16K routed rows
+LB_TIERS=${LB_TIERS:-64}  # host rows from a plan per token range: 1-64, 65-256, prefill ("": per regime)
 # One GPU: the steps, in order (leave out "tune" to keep the shipped Triton tile table).
 ONE_GPU_STAGES="tests_b tune lane_a transformers_1gpu lane_b profile permute dg_tests"
 STAGES=${STAGES:-tests_b tune lane_a transformers_1gpu lane_b profile permute}
@@ -75,7 +76,7 @@ tune() {  # the Triton tile table every later step uses
 }
 
 lane_a() {
-    step layer_bench_a 900 python3 benchmarks/layer_bench.py --shapes "$SHAPES_A" --tokens "$LB_TOKENS" --out "$W/layer_bench_a.json"
+    step layer_bench_a 900 python3 benchmarks/layer_bench.py --shapes "$SHAPES_A" --tokens "$LB_TOKENS" --tiers "$LB_TIERS" --out "$W/layer_bench_a.json"
 }
 
 permute() {
@@ -100,7 +101,7 @@ tests_b() {  # the GPU tests (4 pytest-xdist workers: mostly JIT compiles) besid
 }
 
 lane_b() {
-    step layer_bench_b 900 python3 benchmarks/layer_bench.py --shapes "$SHAPES_B" --tokens "$LB_TOKENS" --out "$W/layer_bench_b.json"
+    step layer_bench_b 900 python3 benchmarks/layer_bench.py --shapes "$SHAPES_B" --tokens "$LB_TOKENS" --tiers "$LB_TIERS" --out "$W/layer_bench_b.json"
 }
 
 transformers_1gpu() {

@@ -32,6 +32,18 @@ def test_the_derived_regime_follows_replace_and_an_override_sticks():
     assert forced.token_regime is Regime.PREFILL and forced.replace(max_tokens=8).token_regime is Regime.PREFILL
 
 
+def test_a_tier_spec_names_its_range_and_keeps_the_tuning_key():
+    from moe_core.errors import SpecError
+    from moe_core.tuning.cache import spec_key
+
+    tier = spec(max_tokens=256, min_tokens=64)
+    assert "tokens 65-256 (decode)" in tier.describe() and "tokens<=256" in spec(max_tokens=256).describe()
+    assert tier != spec(max_tokens=256) and spec_key(tier) == spec_key(spec(max_tokens=256))
+    for bad in (-1, 256, 300, "64", True):
+        with pytest.raises(SpecError, match="min_tokens"):
+            spec(max_tokens=256, min_tokens=bad)
+
+
 def test_frozen_hashable_and_model_name_is_display_only():
     a, b = spec(model="A"), spec(model="B")
     assert a == b and hash(a) == hash(b) and len({a, b}) == 1

@@ -139,9 +139,38 @@ def test_decode_and_prefill_calls_get_their_own_plans():
     assert {g: str(r.plan.backend) for g, r in layer.resolutions.items()} == {
         "decode": "reference:loop", "prefill": "prefill:prefill"}
     assert len(layer.loaded) == 2 and "tokens<=8 (decode)" in layer.loaded[0]
-    assert "prefill:prefill" in layer.loaded[1] and "tokens<=512" in layer.loaded[1]
+    assert "prefill:prefill" in layer.loaded[1] and "tokens 9-512" in layer.loaded[1]
     declined = [c for c in layer.resolutions["decode"].candidates if c.plugin == "prefill"]
     assert "8 tokens is decode" in declined[0].reason
+
+
+def test_tiers_give_each_token_range_its_own_plan_on_the_same_weights():
+    """With tiers (4,), calls of 1-4 tokens, 5-8 and more each run a plan of their own range; a
+    backend that wants ranges above 4 tokens takes the second, and the reference's plans read
+    the module's own tensors (no weights held beyond them)."""
+    calls = []
+    above_4 = make_plugin(one("wide", 100), lambda s: [
+        Verdict.yes("wide") if s.min_tokens >= 4 else
+        Verdict.no("wide", Reason.SHAPE_UNSUPPORTED, f"range from {s.min_tokens + 1} tokens")])
+    model = tiny_model("olmoe", experts_implementation="moe_core")
+    before = logits(model, token_ids(shape=(1, 3)))
+    opts = configure(model, host=host_with(("wide", above_4), ("counted", counting_reference(calls))),
+                     disable="counted", decode_tokens=8, max_tokens=512, tiers=(4,))
+    assert opts.plan_max_tokens == (4, 8, 512) and opts.max_tokens_for(5) == 8
+    assert [opts.min_tokens_for(m) for m in opts.plan_max_tokens] == [0, 4, 8]
+    torch.testing.assert_close(logits(model, token_ids(shape=(1, 3))), before, rtol=2e-2, atol=2e-2)
+    logits(model, token_ids(shape=(6, 1)))
+    layer = report(model).layers[0]
+    assert {g: str(r.plan.backend) for g, r in layer.resolutions.items()} == {
+        "decode 1-4": "reference:loop", "decode 5-8": "wide:wide", "prefill": "wide:wide"}
+    assert "tokens<=4 (decode)" in layer.loaded[0] and "tokens 5-8 (decode)" in layer.loaded[1]
+    assert layer.resolutions["decode 5-8"].spec.min_tokens == 4 and layer.held_bytes == 0
+    text = report(model).summary()
+    assert "decode 5-8 (tokens 5-8/rank): wide:wide" in text
+    with pytest.raises(InputError, match=r"tiers=\(0,\): expected token counts in \(0, max_tokens"):
+        configure(model, tiers=(0,))
+    with pytest.raises(InputError, match="tiers='4': expected a positive int"):
+        configure(model, tiers="4")
 
 
 def test_a_layer_that_falls_through_still_matches():
@@ -207,7 +236,7 @@ def test_the_report_is_the_explain_trace():
         assert plan["chosen"] and plan["candidates"] and plan["spec"]["num_experts"] == 8
         assert plan["spec"]["max_tokens"] == max_tokens
     text = rep.summary()
-    assert "MixtralExperts" in text and "prefill (<= 65536 tokens/rank): reference:loop" in text
+    assert "MixtralExperts" in text and "prefill (tokens 257-65536/rank): reference:loop" in text
 
 
 def test_a_dense_model_is_refused_with_its_class_name():

@@ -498,6 +498,12 @@ def test_the_default_objective_weighs_every_bucket_of_the_plans_regime():
     # a prefill plan: its own range only (the decode counts go to the decode plan)
     assert [b for b, _ in mean.buckets(decode.replace(max_tokens=2048), times, names)[0]] == [512, 2048]
     assert at_max.buckets(decode, times, names) == ([(256, 1.0)], "")
+    # tiers (min_tokens): each plan scores its own range, so each range gets its winner
+    low, high = decode.replace(max_tokens=64), decode.replace(min_tokens=64)
+    assert [b for b, _ in mean.buckets(low, times, names)[0]] == [1, 4, 16, 64]
+    assert [b for b, _ in mean.buckets(high, times, names)[0]] == [256]
+    assert mean.scores(mean.buckets(low, times, names)[0], times, names)[1] == 1.0  # triton
+    assert mean.scores([(256, 1.0)], times, names)[0] == 1.0  # cutlass
     slow = mean.scores(used, times, names)
     assert slow[1] < slow[0] and slow[1] == pytest.approx((4 + 1.102 / 0.882) / 5)
     assert at_max.scores([(256, 1.0)], times, names) == [0.882, 1.102]

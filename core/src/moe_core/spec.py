@@ -116,6 +116,11 @@ class MoESpec:
     a2a: A2A = A2A.NONE
     arch: str = "cpu"
     max_tokens: int = 4096
+    #: The plan serves calls of more than this many tokens (0: all up to ``max_tokens``): one
+    #: tier of a layer that holds a plan per token range. It changes what the plan is chosen
+    #: for (the tuning objective scores runners over ``(min_tokens, max_tokens]``), never
+    #: what it can run: a smaller call is still computed correctly.
+    min_tokens: int = 0
     #: Override of the token regime; None derives it from ``max_tokens`` (see
     #: :attr:`token_regime`), so ``replace(max_tokens=...)`` never leaves it stale.
     regime: Regime | None = None
@@ -141,6 +146,10 @@ class MoESpec:
             _positive(name, getattr(self, name))
         if self.regime is not None:
             set_(self, "regime", _enum(Regime, "regime", self.regime))
+        if (not isinstance(self.min_tokens, int) or isinstance(self.min_tokens, bool)
+                or not 0 <= self.min_tokens < self.max_tokens):
+            raise SpecError("min_tokens", f"{self.min_tokens!r}: expected an int in [0, max_tokens="
+                            f"{self.max_tokens})")
         if self.act_dtype not in _ACT_DTYPES:
             raise SpecError("act_dtype", f"{self.act_dtype!r} is not one of: {', '.join(_ACT_DTYPES)}")
         if self.top_k > self.num_experts:
@@ -248,6 +257,12 @@ class MoESpec:
     def quantized(self) -> bool:
         return self.quant is not Quant.BF16
 
+    def tokens_range(self) -> str:
+        """``tokens<=256``, or ``tokens 17-256`` for a tier above ``min_tokens``."""
+        if self.min_tokens:
+            return f"tokens {self.min_tokens + 1}-{self.max_tokens}"
+        return f"tokens<={self.max_tokens}"
+
     def replace(self, **changes: Any) -> "MoESpec":
         return dataclasses.replace(self, **changes)
 
@@ -274,5 +289,5 @@ class MoESpec:
             f"E={self.num_experts} ({self.local_experts} local) top{self.top_k} "
             f"H={self.hidden_size} I={self.intermediate_size} ({self.intermediate_per_partition}/rank) "
             f"{act} {self.quant.value} tp{self.tp_size} ep{self.ep_size} a2a={self.a2a.value} "
-            f"{self.arch} tokens<={self.max_tokens} ({self.token_regime.value}){overlap}"
+            f"{self.arch} {self.tokens_range()} ({self.token_regime.value}){overlap}"
         )

@@ -271,6 +271,21 @@ def canonical_weights(module: torch.nn.Module, layout: ExpertsLayout) -> MoEWeig
                       w13_bias=b13, w2_bias=b2)
 
 
+def held_bytes(module: torch.nn.Module, state: "ExpertsState") -> int:
+    """Bytes of processed weights the module's plans hold beyond its own parameters (each
+    storage counted once): 0 where every backend reads the module's tensors as they are."""
+    own = {t.untyped_storage().data_ptr() for t in module.parameters(recurse=True)}
+    seen: set[int] = set()
+    total = 0
+    for weights in state.processed.values():
+        for t in weights.tensors().values():
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in own and ptr not in seen:
+                seen.add(ptr)
+                total += t.untyped_storage().nbytes()
+    return total
+
+
 def _local_shape(module: torch.nn.Module, layout: ExpertsLayout) -> tuple[int, int, int]:
     """``(experts, hidden, rows of w13)`` of this rank's shard (canonical ``w13 [E, R, H]``)."""
     if layout.dbrx:
@@ -390,19 +405,30 @@ class Options:
     #: Larger calls run the prefill plan, resolved for at least this many tokens per rank
     #: (a longer call resolves a larger one).
     max_tokens: int = 65536
+    #: More plan boundaries (tokens per rank) besides ``decode_tokens``: each range between
+    #: two gets its own plan, chosen for that range alone (after ``moe tune``: the runner
+    #: fastest over the range's buckets). E.g. ``(64,)``: 1-64, 65-256 and prefill. Plans of
+    #: one backend share one set of processed weights; backends that read the canonical
+    #: layout (Triton, DeepGEMM on SM90, the reference) share the module's own tensors.
+    tiers: tuple[int, ...] = ()
     #: How ``ep_implementation="moe_core"`` asks for tokens to travel; None: DeepEP
     #: low-latency for decode and DeepEP normal for prefill, which fall through to
     #: ``torch:all_to_all`` where DeepEP cannot serve the layer.
     a2a: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("decode_tokens", "max_tokens"):
-            value = getattr(self, name)
+        tiers = tuple(self.tiers) if isinstance(self.tiers, (tuple, list)) else (self.tiers,)
+        for name, value in [("decode_tokens", self.decode_tokens), ("max_tokens", self.max_tokens),
+                            *(("tiers", t) for t in tiers)]:
             if not isinstance(value, int) or isinstance(value, bool):
                 raise InputError(f"{name}={value!r}: expected a positive int (tokens per rank)")
         if not 0 < self.decode_tokens <= self.max_tokens:
             raise InputError(f"decode_tokens={self.decode_tokens}, max_tokens={self.max_tokens}: "
                              "expected 0 < decode_tokens <= max_tokens")
+        if not all(0 < t < self.max_tokens for t in tiers):
+            raise InputError(f"tiers={tiers}: expected token counts in (0, max_tokens="
+                             f"{self.max_tokens})")
+        object.__setattr__(self, "tiers", tiers)
         if self.a2a is not None:
             moving = [m.value for m in A2A if m is not A2A.NONE]
             if self.a2a not in moving:
@@ -416,11 +442,26 @@ class Options:
         from .. import default_host
         return default_host()
 
+    @property
+    def boundaries(self) -> tuple[int, ...]:
+        """The ``max_tokens`` of every plan but the prefill one, rising."""
+        return tuple(sorted({*self.tiers, self.decode_tokens}))
+
+    @property
+    def plan_max_tokens(self) -> tuple[int, ...]:
+        """The ``max_tokens`` of every plan a module holds (the last: prefill's least)."""
+        return (*self.boundaries, self.max_tokens)
+
     def max_tokens_for(self, tokens: int) -> int:
         """The ``max_tokens`` of the plan that runs a call of ``tokens`` tokens per rank."""
-        if tokens <= self.decode_tokens:
-            return self.decode_tokens
+        for b in self.boundaries:
+            if tokens <= b:
+                return b
         return max(self.max_tokens, 1 << math.ceil(math.log2(tokens)))
+
+    def min_tokens_for(self, max_tokens: int) -> int:
+        """The plan's ``min_tokens``: the boundary below its ``max_tokens`` (0: none)."""
+        return max((b for b in self.boundaries if b < max_tokens), default=0)
 
     def a2a_for(self, max_tokens: int) -> A2A:
         if self.a2a is not None:
@@ -436,7 +477,12 @@ EP_ATTR = "_moe_core_ep"
 
 
 def regime_name(max_tokens: int, options: Options) -> str:
-    return "decode" if max_tokens <= options.decode_tokens else "prefill"
+    """``decode`` / ``prefill``; with tiers, a decode plan's token range too (``decode 65-256``)."""
+    if max_tokens > options.decode_tokens:
+        return "prefill"
+    if not options.tiers:
+        return "decode"
+    return f"decode {options.min_tokens_for(max_tokens) + 1}-{max_tokens}"
 
 
 @dataclass
@@ -511,9 +557,10 @@ def resolve_for(module: torch.nn.Module, state: ExpertsState, *, max_tokens: int
     """The spec and resolution trace of ``module`` for one plan."""
     config = module.config
     sharding = sharding or sharding_of(module, state.layout, config, state.name)
+    opts = state.options
     spec = layer_spec(module, state.layout, config, max_tokens=max_tokens, name=state.name,
                       sharding=sharding, a2a=a2a, top_k=top_k)
-    opts = state.options
+    spec = spec.replace(min_tokens=opts.min_tokens_for(max_tokens))
     return spec, opts.the_host().explain(spec, force=opts.force, disable=opts.disable)
 
 

@@ -11,7 +11,8 @@ Each MoE layer's experts module is then resolved through the host on its first c
 the module's own shapes and layout flags and the model's config (the model's router, shared
 experts and everything else stay the model's): the spec on this rank, the plan, the weights
 processed once per backend and cached on the module until its weights change. Calls of at
-most ``decode_tokens`` tokens run the decode plan, larger ones the prefill plan.
+most ``decode_tokens`` tokens run the decode plan, larger ones the prefill plan (``tiers``
+adds plans for narrower token ranges).
 
 Sharded by transformers (``distributed_config=DistributedConfig(...)``), each rank runs its
 shard: expert tensor parallelism (``tp_size``; transformers all-reduces the partial sums) and
@@ -37,8 +38,8 @@ from ..plan import Plan, Resolution
 from ..spec import A2A
 from .hf_experts import (EP_ATTR, EXPERT_KEYS, ExpertsLayout, Options, Sharding, UnsupportedExperts,
                          canonical_weights, check_experts, exchange_of, experts_activation,
-                         experts_layout, experts_modules, layer_spec, load_for, regime_name, release,
-                         resolve_for, set_options, sharding_of, state_of)
+                         experts_layout, experts_modules, held_bytes, layer_spec, load_for,
+                         regime_name, release, resolve_for, set_options, sharding_of, state_of)
 
 try:  # transformers >= 5.2x: transformers.distributed.expert_parallel
     from .hf_ep import MoECoreEP
@@ -111,10 +112,13 @@ class LayerReport:
     sharding: Sharding
     #: Who moves tokens between expert-parallel ranks (None: they stay on the rank).
     exchange: str | None
-    #: "decode" / "prefill" -> the ``moe explain`` trace of that plan on this rank.
+    #: "decode" / "prefill" (with tiers: "decode 1-64", "decode 65-256", ...) -> the
+    #: ``moe explain`` trace of that plan on this rank.
     resolutions: dict[str, Resolution]
     #: The layers loaded so far (their repr: backend, dispatcher, spec with its token limit).
     loaded: list[str] = field(default_factory=list)
+    #: Bytes of processed weights the loaded plans hold beyond the module's own parameters.
+    held_bytes: int = 0
 
     @property
     def resolution(self) -> Resolution:
@@ -135,7 +139,7 @@ class LayerReport:
     def line(self, regime: str) -> str:
         res = self.resolutions[regime]
         spec, plan = res.spec, res.plan
-        head = f"{regime} (<= {spec.max_tokens} tokens/rank): "
+        head = f"{regime} ({spec.tokens_range()}/rank): "
         if plan is None:
             return head + "no backend: " + "; ".join(
                 f"{c.backend} {c.reason}" for c in res.candidates)
@@ -160,6 +164,8 @@ class ModelReport:
             lines.append(f"  {r.name} ({r.module_class}, experts_implementation="
                          f"{r.implementation!r}, {r.sharding.describe()}{exchange})")
             lines += [f"    {r.line(regime)}" for regime in r.resolutions]
+            if r.loaded:
+                lines.append(f"    weights held beyond the module's own: {r.held_bytes / 2**20:.1f} MiB")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
@@ -167,7 +173,7 @@ class ModelReport:
             {"name": r.name, "module": r.module_class, "implementation": r.implementation,
              "sharding": {"tp": r.sharding.tp, "ep": r.sharding.ep, "rank": r.sharding.rank},
              "exchange": r.exchange, "dispatcher": {g: r.dispatcher(g) for g in r.resolutions},
-             "loaded": list(r.loaded),
+             "loaded": list(r.loaded), "held_bytes": r.held_bytes,
              "plans": {g: res.to_dict() for g, res in r.resolutions.items()}}
             for r in self.layers]}
 
@@ -224,9 +230,9 @@ def _found(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
 
 def report(model: torch.nn.Module, *, load: bool = False) -> ModelReport:
     """Every experts module of ``model`` on this rank: sharding, token exchange and the trace
-    of its decode and prefill plans (resolution only, cached by the host).
+    of each of its plans (decode, prefill and any tiers; resolution only, cached by the host).
 
-    :param load: also load both plans now (process the weights, build runners and
+    :param load: also load every plan now (process the weights, build runners and
         dispatchers) instead of on first call; under ``ep_implementation="moe_core"`` every
         rank must then call it (building a dispatcher may be collective).
     """
@@ -239,7 +245,7 @@ def report(model: torch.nn.Module, *, load: bool = False) -> ModelReport:
         sharding = ep.sharding if ep is not None else sharding_of(module, state.layout, cfg, name)
         opts = state.options
         resolutions = {}
-        for max_tokens in (opts.decode_tokens, opts.max_tokens):
+        for max_tokens in opts.plan_max_tokens:
             a2a = opts.a2a_for(max_tokens) if ep is not None else A2A.NONE
             kw = dict(max_tokens=max_tokens, sharding=sharding, a2a=a2a)
             if load:
@@ -248,19 +254,20 @@ def report(model: torch.nn.Module, *, load: bool = False) -> ModelReport:
         loaded = [repr(v.layer) for v in state.loaded.values()]
         out.layers.append(LayerReport(
             name, type(module).__name__, getattr(cfg, "_experts_implementation", None), sharding,
-            exchange_of(module, cfg, sharding), resolutions, loaded))
+            exchange_of(module, cfg, sharding), resolutions, loaded, held_bytes(module, state)))
     return out
 
 
 def configure(model: torch.nn.Module, *, host=None, force: str | None = None, disable=None,
               decode_tokens: int | None = None, max_tokens: int | None = None,
-              a2a: str | None = None) -> Options:
+              a2a: str | None = None, tiers: tuple[int, ...] = ()) -> Options:
     """How every experts module of ``model`` is resolved (see :class:`Options`); drops the
     layers loaded so far. Without it: the installed plugins, ``$MOE_BACKEND``/``$MOE_DISABLE``."""
     defaults = Options()  # None only: 0 tokens is an error, not a default
     opts = Options(host=host, force=force, disable=disable,
                    decode_tokens=defaults.decode_tokens if decode_tokens is None else decode_tokens,
-                   max_tokens=defaults.max_tokens if max_tokens is None else max_tokens, a2a=a2a)
+                   max_tokens=defaults.max_tokens if max_tokens is None else max_tokens, a2a=a2a,
+                   tiers=tiers)
     if force:  # now, not at the first forward: the host knows its plugins already
         plugin = force.partition(":")[0].strip()
         records = opts.the_host().registry.records

@@ -46,7 +46,7 @@ FORMAT = 1
 #: rank of a layer has the same shapes and all must pick the same runner); the token count
 #: (the bucket is the token axis: a layer resolved for ``max_tokens`` M is ordered by the
 #: times measured at the bucket of M).
-SPEC_KEY_EXCLUDED = ("model", "rank", "ep_rank", "max_tokens", "token_regime")
+SPEC_KEY_EXCLUDED = ("model", "rank", "ep_rank", "max_tokens", "min_tokens", "token_regime")
 #: Leading runners shown per bucket.
 SHOWN = 3
 
@@ -150,10 +150,11 @@ def differences(old: dict[str, Any] | None, new: dict[str, Any]) -> str:
 class ObjectiveKind(StrEnum):
     """How the times of one layer's runners over token buckets make one choice."""
 
-    #: Mean over the buckets of the plan's regime (decode: 1 to ``max_tokens``; prefill:
-    #: above the decode range up to ``max_tokens``) of each runner's time / the fastest time
-    #: there. A plan serves every count of its regime, so a runner 20% slower at 1-64 tokens
-    #: does not win by being 2% faster at 256 (the default).
+    #: Mean over the buckets of the plan's token range (``(min_tokens, max_tokens]`` where
+    #: the spec is one tier of several; else its regime's: decode 1 to ``max_tokens``,
+    #: prefill above the decode range up to ``max_tokens``) of each runner's time / the
+    #: fastest time there. A plan serves every count of its range, so a runner 20% slower at
+    #: 1-64 tokens does not win by being 2% faster at 256 (the default).
     MEAN_SLOWDOWN = "mean_slowdown"
     #: The time at the bucket of ``max_tokens`` alone.
     MAX_TOKENS = "max_tokens"
@@ -203,7 +204,7 @@ class Objective:
 
     def describe(self) -> str:
         if self.kind is ObjectiveKind.MEAN_SLOWDOWN:
-            return "mean slowdown against the fastest over the buckets of the plan's regime"
+            return "mean slowdown against the fastest over the buckets of the plan's token range"
         if self.kind is ObjectiveKind.MAX_TOKENS:
             return "time at the max_tokens bucket"
         return "weighted sum of times: " + " + ".join(f"{w:g} x t({b})" for b, w in self.weights)
@@ -231,7 +232,7 @@ class Objective:
         note = "" if above else f"largest measured bucket {measured[-1]} < max_tokens {max_tokens}"
         if self.kind is ObjectiveKind.MAX_TOKENS:
             return top, note
-        low = 0 if spec.token_regime is Regime.DECODE else DECODE_MAX_TOKENS
+        low = spec.min_tokens or (0 if spec.token_regime is Regime.DECODE else DECODE_MAX_TOKENS)
         below = [(b, 1.0) for b in measured if low < b < top[0][0] and all(n in times[b] for n in names)]
         return below + top, note
 
