@@ -111,7 +111,7 @@ def choice(args, host, out: Path, console: Console) -> dict:
             times = {m.backend: m.ms for m in ms if m.ms is not None}
             if not times:
                 continue
-            spec = lay.spec.replace(max_tokens=tokens)
+            spec = lay.spec.for_tokens(tokens)
             fastest = min(times, key=times.get)
             point = {"spec": lay.spec.describe(), "a2a": lay.spec.a2a.value, "quant": lay.spec.quant.value,
                      "tokens": tokens, "runners": len(times), "fastest": fastest,

@@ -190,6 +190,16 @@ def test_tune_times_every_yes_and_resolution_orders_by_the_objective(clock, spec
     json.dumps(d)  # JSON-safe (no infinities)
 
 
+def test_a_tier_spec_tunes_and_resolves_for_its_own_range(clock, spec, tmp_path):
+    """A prefill tier (min_tokens 256, as the transformers integration makes it) is timed at
+    every bucket, small ones included (no SpecError from resizing it), and chooses by its range."""
+    host = crossover(clock)
+    tier = spec.replace(min_tokens=256)
+    layer = tuned(host, tier, clock, tmp_path).layers[0]
+    assert sorted(layer.buckets) == [1, 64, 4096] and layer.chosen == "big:big"
+    assert str(reader(host, tmp_path).resolve(spec.replace(max_tokens=64, min_tokens=0)).backend) == "small:small"
+
+
 def test_a_stated_objective_weighs_the_buckets(clock, spec, tmp_path):
     host = crossover(clock)
     tuned(host, spec, clock, tmp_path)

@@ -263,6 +263,11 @@ class MoESpec:
             return f"tokens {self.min_tokens + 1}-{self.max_tokens}"
         return f"tokens<={self.max_tokens}"
 
+    def for_tokens(self, tokens: int) -> "MoESpec":
+        """This layer resolved for calls of up to ``tokens`` tokens and no tier (what a
+        measurement at ``tokens`` resolves)."""
+        return dataclasses.replace(self, max_tokens=tokens, min_tokens=0)
+
     def replace(self, **changes: Any) -> "MoESpec":
         return dataclasses.replace(self, **changes)
 

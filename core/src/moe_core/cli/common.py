@@ -4,7 +4,6 @@ boundary that turns every failure into a message and an exit status."""
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import sys
 import time
@@ -13,7 +12,7 @@ from contextlib import contextmanager
 import click
 from rich.console import Console
 
-from ..errors import MoEError
+from ..errors import MoEError, did_you_mean
 from ..isolation import ENV_DEBUG
 from ..registry import PluginStatus
 from ..models import ModelConfig, load_model_config, spec_for_model
@@ -108,10 +107,22 @@ def build_spec(o: dict, default_tokens: int):
     return spec if top_k is None else dataclasses.replace(spec, top_k=top_k)
 
 
-def did_you_mean(name: str, known) -> str:
-    """``"; did you mean 'x'?"`` for the closest of ``known``, or ``""``."""
-    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
+_DEVICE = {"cuda": "a CUDA device", "npu": "an NPU device (torch_npu)"}
+
+
+def require_device(spec) -> str:
+    """The torch device type ``spec``'s tensors live on; a usage error when this machine has
+    none (torch would fail only at the first allocation, deep inside a run)."""
+    import torch
+
+    from ..weights import device_type
+
+    dev = device_type(spec)
+    backend = getattr(torch, dev, None)  # torch.npu exists once torch_npu is imported
+    if dev != "cpu" and not (backend is not None and backend.is_available()):
+        raise click.UsageError(f"arch {spec.arch} needs {_DEVICE.get(dev, dev)} and none is present "
+                               "(use --arch cpu or --arch auto)")
+    return dev
 
 
 def _names(text: str | None) -> list[str]:

@@ -11,9 +11,28 @@ from rich.table import Table
 
 from ..models import load_model_config
 from .common import check_backends, console, err_console, positive
+from .run_layer import MEMORY_SHARE, available_bytes
 
 #: Relative logit difference allowed (bf16 weights and activations on both sides).
 TOLERANCE = 2e-2
+#: Widths are multiples of this: bf16 grouped GEMMs need 16-byte strides, and the rotary
+#: halves of a head (hidden / 4 heads in the Qwen and OLMoE families) must be whole.
+ALIGN = 8
+
+
+def _size(most: int, align: int = 1):
+    """A size option's check past ``positive``: bounded, as the model is one for a check, not
+    a real one (what fits in memory is checked too)."""
+    def check(ctx, param, value):
+        if value > most:
+            raise click.BadParameter(f"{value} is above {most} (expected 1 to {most}: a small model "
+                                     "for a check)")
+        if value % align:
+            raise click.BadParameter(f"{value} is not a multiple of {align} (expected e.g. "
+                                     f"{max(align, value // align * align)}: bf16 grouped GEMMs "
+                                     "need 16-byte rows)")
+        return value
+    return check
 
 
 @click.command("hf")
@@ -21,12 +40,13 @@ TOLERANCE = 2e-2
               help="A bundled model (its transformers family is used, shrunk).")
 @click.option("--hf-config", type=click.Path(exists=True, dir_okay=False), default=None,
               help="A Hugging Face config.json instead (its model_type is used, shrunk).")
-@click.option("--layers", default=2, show_default=True, type=positive)
-@click.option("--experts", default=8, show_default=True, type=positive)
-@click.option("--hidden", default=128, show_default=True, type=positive)
+@click.option("--layers", default=2, show_default=True, type=positive, callback=_size(64))
+@click.option("--experts", default=8, show_default=True, type=positive, callback=_size(512))
+@click.option("--hidden", default=128, show_default=True, type=positive, callback=_size(16384, ALIGN),
+              help=f"The model width (a multiple of {ALIGN}).")
 @click.option("--intermediate", default=64, show_default=True, type=positive,
-              help="Each expert's intermediate size.")
-@click.option("--tokens", default=32, show_default=True, type=positive)
+              callback=_size(16384, ALIGN), help=f"Each expert's intermediate size (a multiple of {ALIGN}).")
+@click.option("--tokens", default=32, show_default=True, type=positive, callback=_size(4096))
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto",
               show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the per-layer report as JSON.")
@@ -38,14 +58,25 @@ def hf(model, hf_config, layers, experts, hidden, intermediate, tokens, device, 
     """
     try:
         import torch
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoConfig, AutoModelForCausalLM
 
-        from ..integrations.transformers import apply, tiny_config
+        from ..integrations.transformers import TESTED_FAMILIES, apply, tiny_config
     except ImportError as e:
         err_console.print(f"[red]error:[/] {e}. Install the extra: pip install 'moe-core[transformers]'")
         sys.exit(2)
     check_backends(None, None)  # apply() reads $MOE_BACKEND / $MOE_DISABLE
     mt = load_model_config(hf_config or model).model_type
+    kinds = getattr(AutoConfig.for_model(mt), "layer_types", None) if mt in TESTED_FAMILIES else None
+    if kinds and layers > len(kinds):  # tiny_config slices this list: one kind per layer
+        raise click.BadParameter(f"{layers}, but transformers' {mt} config lists {len(kinds)} layer "
+                                 f"types (expected at most {len(kinds)})", param_hint="--layers")
+    # Experts dominate: built in fp32 on the CPU, then a bf16 copy and the backend's own.
+    need, have = 8 * layers * experts * 3 * hidden * intermediate, available_bytes("cpu")
+    if need > MEMORY_SHARE * have:
+        raise click.UsageError(
+            f"--layers {layers} --experts {experts} --hidden {hidden} --intermediate {intermediate}: "
+            f"the model's experts need about {need / 2**30:.1f} GiB; {have / 2**30:.1f} GiB is "
+            f"available (a run may plan {MEMORY_SHARE:.0%} of it). Lower one of them.")
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     elif device == "cuda" and not torch.cuda.is_available():

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import click
 
-from .common import build_spec, check_backends, console, positive, spec_options, stage
+from .common import build_spec, check_backends, console, positive, require_device, spec_options, stage
 
 #: Tokens checked against the float64 computation (it is slow by design).
 ORACLE_TOKENS = 32
@@ -133,16 +133,12 @@ def _run(o: dict) -> dict:
     from ..quant import tolerance
     from ..reference.oracle import float64_layer, relative_error
     from ..synthetic import random_inputs, random_weights
-    from ..weights import device_type
 
     quiet = o["as_json"]
     cfg = load_model_config(o["model"])
     spec = build_spec({**o, "model": cfg}, default_tokens=64)
     tokens = spec.max_tokens
-    dev = device_type(spec)
-    if dev == "cuda" and not torch.cuda.is_available():
-        raise click.UsageError(f"arch {spec.arch} needs a CUDA device and none is present "
-                               "(use --arch cpu or --arch auto)")
+    dev = require_device(spec)
     need, have = check_memory(cfg.name, spec, tokens, dev)
     host = default_host()
     plan = host.resolve(spec, force=o["force"], disable=o["disable"])
@@ -189,7 +185,8 @@ def _run(o: dict) -> dict:
 @spec_options
 @click.option("--iters", default=3, show_default=True, type=positive,
               help="Timed runs (median reported).")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, show_default=True, type=click.IntRange(0, 2**64 - 1),
+              help="Of the random weights (torch takes seeds in [0, 2**64)).")
 @click.option("--cuda-graph", is_flag=True,
               help="Capture the loaded layer in a CUDA graph and time its replays (the backend "
                    "must declare graph_safe; moe explain shows it).")

@@ -4,14 +4,18 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 
 import click
 from rich.table import Table
 
 from ..errors import MoEError
 from ..plan import SelectedBy, Selection
-from .common import build_spec, check_backends, console, err_console, spec_options
+from ..spec import A2A
+from . import run_layer
+from .common import build_spec, check_backends, console, err_console, require_device, spec_options
 
 
 def _ms(v: float | None) -> str:
@@ -96,6 +100,43 @@ def _print_report(report) -> None:
                   f"cache {report.cache_file}", highlight=False)
 
 
+def _writable(ctx, param, path):
+    """Checked before tuning: a plot that cannot be written should cost no tuning run."""
+    if path:
+        folder = os.path.dirname(os.path.abspath(path))
+        try:  # a real write: permission bits say nothing for root or a read-only mount
+            tempfile.TemporaryFile(dir=folder).close()
+        except OSError as e:
+            raise click.BadParameter(f"{path}: cannot write in {folder} ({e.strerror}; expected "
+                                     "a file in an existing, writable folder)") from None
+    return path
+
+
+def check_buckets(spec, buckets: list[int], option: str) -> None:
+    """The largest bucket's layer fits this machine's memory, as ``moe run`` plans one (less
+    its pristine copy): tuning would record a failed allocation as a failed runner, exit 0."""
+    from ..synthetic import run_memory_bytes
+
+    dev = require_device(spec)
+    have = run_layer.available_bytes(dev)
+    budget = run_layer.MEMORY_SHARE * have
+    rows = spec.ep_size if spec.a2a is not A2A.NONE else 1  # a dispatcher delivers every rank's tokens
+
+    def fits(tokens: int) -> bool:
+        return run_memory_bytes(spec, tokens * rows) <= budget
+
+    worst = max(buckets)
+    if fits(worst):
+        return
+    need = (f"{worst} tokens of {spec.for_tokens(worst).describe()} need about "
+            f"{run_layer._gib(run_memory_bytes(spec, worst * rows))} on {dev}; {run_layer._gib(have)} "
+            f"is available (a run may plan {run_layer.MEMORY_SHARE:.0%} of it)")
+    most = run_layer._largest(1, worst - 1, fits)
+    if most is None:  # the weights alone: no bucket is to blame
+        raise click.UsageError(f"{need}. {run_layer.fitting_advice(spec, 1, budget)}")
+    raise click.BadParameter(f"{need}: expected at most {most} tokens", param_hint=option)
+
+
 @click.command()
 @spec_options
 @click.option("--buckets", default=None, metavar="N,N,...",
@@ -106,9 +147,10 @@ def _print_report(report) -> None:
               help="Tuning cache directory (default: $MOE_TUNING_CACHE, else the user cache dir).")
 @click.option("--objective", default=None, metavar="mean_slowdown|max_tokens|B:W,...",
               help="How one runner per layer is chosen (also $MOE_TUNING_OBJECTIVE): the mean "
-                   "slowdown against the fastest over the buckets of the plan's regime (default), "
+                   "slowdown against the fastest over the buckets of the plan's token range (default), "
                    "the time at the max_tokens bucket, or a weighted sum, e.g. 1:0.8,4096:0.2.")
-@click.option("--plot", "plot_path", default=None, metavar="PNG", help="Also plot the times (matplotlib).")
+@click.option("--plot", "plot_path", default=None, metavar="PNG", callback=_writable,
+              type=click.Path(dir_okay=False, writable=True), help="Also plot the times (matplotlib).")
 @click.option("--show", is_flag=True, help="List the cache's files and entries; tune nothing.")
 @click.option("--clear", is_flag=True, help="Delete every tuning file of the cache; tune nothing.")
 @click.option("--progress/--no-progress", default=True, show_default=True)
@@ -119,7 +161,7 @@ def tune(buckets, iters, warmup, cache_path, objective, plot_path, show, clear, 
 
     Where tokens move between ranks (--a2a), only the runner is timed (one process).
     """
-    from ..tuning import TuningCache, parse_buckets, plot
+    from ..tuning import TuningCache, parse_buckets, plot, token_buckets
     from ..tuning.tune import pyplot
     from ..tuning import tune as run_tune
 
@@ -135,10 +177,13 @@ def tune(buckets, iters, warmup, cache_path, objective, plot_path, show, clear, 
         raise click.UsageError("--model is required to tune (or --show / --clear the cache)")
     check_backends(o["force"], o["disable"])
     spec = build_spec(o, default_tokens=4096)
+    bucket_list = parse_buckets(buckets) if buckets else None
+    check_buckets(spec, bucket_list or token_buckets(spec.max_tokens),
+                  "--buckets" if buckets else "--tokens")
     if plot_path:
         pyplot()  # before tuning: a missing matplotlib should not cost a tuning run
     try:
-        report = run_tune(spec, buckets=parse_buckets(buckets) if buckets else None,
+        report = run_tune(spec, buckets=bucket_list,
                           force=o["force"], disable=o["disable"], cache=cache, iters=iters,
                           warmup=warmup, progress=progress and not as_json)
         if plot_path:

@@ -274,15 +274,19 @@ def canonical_weights(module: torch.nn.Module, layout: ExpertsLayout) -> MoEWeig
 def held_bytes(module: torch.nn.Module, state: "ExpertsState") -> int:
     """Bytes of processed weights the module's plans hold beyond its own parameters (each
     storage counted once): 0 where every backend reads the module's tensors as they are."""
-    own = {t.untyped_storage().data_ptr() for t in module.parameters(recurse=True)}
+    def storage(t: torch.Tensor):
+        # A sharded parameter (DTensor) has no storage of its own: its shard on this rank does.
+        return (t.to_local() if hasattr(t, "to_local") else t).untyped_storage()
+
+    own = {storage(t).data_ptr() for t in module.parameters(recurse=True)}
     seen: set[int] = set()
     total = 0
     for weights in state.processed.values():
         for t in weights.tensors().values():
-            ptr = t.untyped_storage().data_ptr()
+            ptr = storage(t).data_ptr()
             if ptr not in own and ptr not in seen:
                 seen.add(ptr)
-                total += t.untyped_storage().nbytes()
+                total += storage(t).nbytes()
     return total
 
 

@@ -180,7 +180,7 @@ def tune(specs: MoESpec | Iterable[MoESpec], *, host=None, buckets: Iterable[int
     """Time every runner that says yes for each spec at each token bucket, record the medians
     in the tuning cache, and report what resolution now picks.
 
-    Bucket ``T`` times the plan resolved for ``spec.replace(max_tokens=T)`` on ``T`` tokens
+    Bucket ``T`` times the plan resolved for ``spec.for_tokens(T)`` on ``T`` tokens
     per rank (what an engine resolving that many tokens loads). Only the runner is timed;
     where tokens move (a2a), its input is built locally in the layout the dispatcher
     delivers.
@@ -216,7 +216,7 @@ def tune(specs: MoESpec | Iterable[MoESpec], *, host=None, buckets: Iterable[int
                 raise TuningError(f"arch {spec.arch} needs a CUDA device and none is present "
                                   "(expected --arch cpu or auto on this machine)")
         for b in (sorted(set(buckets)) if buckets else token_buckets(spec.max_tokens)):
-            res = host.explain(spec.replace(max_tokens=b), force=force, disable=disable)
+            res = host.explain(spec.for_tokens(b), force=force, disable=disable)
             plans.append((spec, b, [c for c in res.candidates if c.supported]))
     cuda = any(device_type(s) == "cuda" for s in specs)
     if cuda and clock is None:
@@ -234,7 +234,7 @@ def tune(specs: MoESpec | Iterable[MoESpec], *, host=None, buckets: Iterable[int
     with _Progress(progress, sum(len(c) for _, _, c in plans)) as bar:
         for spec, b, cands in plans:
             lay = results[spec]
-            same = spec.replace(a2a=A2A.NONE, max_tokens=1)  # the weights do not depend on these
+            same = spec.for_tokens(1).replace(a2a=A2A.NONE)  # the weights do not depend on these
             if same not in weights:
                 weights.clear()  # one layer's weights at a time
                 w0 = time.perf_counter()
@@ -243,7 +243,7 @@ def tune(specs: MoESpec | Iterable[MoESpec], *, host=None, buckets: Iterable[int
             lay.buckets[b] = []
             for c in cands:
                 bar.step(f"{spec.model or 'layer'} {b} tokens {c.backend}")
-                plan = host.resolve(spec.replace(max_tokens=b), force=str(c.backend), disable=())
+                plan = host.resolve(spec.for_tokens(b), force=str(c.backend), disable=())
                 lay.buckets[b].append(_time_one(host, plan, weights[same], b, timer, seed))
                 bar.advance()
             if not cands:
