@@ -475,9 +475,10 @@ def tier_plans(spec: MoESpec, tokens: tuple[int, ...], tiers: tuple[int, ...]):
     """``[(spec, its token counts)]``: one plan per token range, as the transformers
     integration's ``tiers`` makes them (boundaries ``tiers`` and the decode limit; the last
     plan, prefill, up to the largest count)."""
-    bounds = sorted({*(t for t in tiers if t < DECODE_MAX_TOKENS), DECODE_MAX_TOKENS})
+    top = max(tokens)
+    bounds = sorted({*(t for t in tiers if t < top), DECODE_MAX_TOKENS})
     out, low = [], 0
-    for high in [*bounds, max(tokens)] if max(tokens) > DECODE_MAX_TOKENS else bounds:
+    for high in [*bounds, top] if top > bounds[-1] else bounds:
         ts = tuple(t for t in tokens if low < t <= high)
         if ts:
             out.append((spec.replace(max_tokens=high, min_tokens=low), ts))
@@ -691,8 +692,9 @@ def parse(argv=None):
     ap.add_argument("--profile", action="store_true",
                     help="also record each timed row's kernels and their time per call (torch.profiler, "
                          "eager calls; pair with --contenders)")
-    ap.add_argument("--tiers", default="", help="comma list of plan boundaries below the decode "
-                    "limit (e.g. 64: host rows of 1-64 and 65-256 tokens from plans of their own range)")
+    ap.add_argument("--tiers", default="", help="comma list of plan boundaries besides the decode "
+                    "limit (e.g. 64,512: host rows of 1-64, 65-256, 257-512 and more tokens, each from "
+                    "a plan of its own range, as transformers' configure(tiers=...) makes them)")
     ap.add_argument("--no-tune", dest="tune", action="store_false",
                     help="skip `moe tune` before each panel: the host row then shows the static "
                          "priority order instead of the measured choice a tuned machine makes")
@@ -714,8 +716,8 @@ def parse(argv=None):
         a.tiers = tuple(sorted({int(t) for t in a.tiers.split(",") if t.strip()}))
     except ValueError:
         a.tiers = (0,)
-    if any(not 0 < t < DECODE_MAX_TOKENS for t in a.tiers):
-        ap.error(f"--tiers {a.tiers}: expected token counts in (0, {DECODE_MAX_TOKENS})")
+    if any(t < 1 for t in a.tiers):
+        ap.error(f"--tiers {a.tiers}: expected positive token counts")
     a.contenders = [c for c in (a.contenders or "").split(",") if c]
     a.skip = tuple(a.skip.split(",")) if a.skip is not None else (() if a.smoke else DEFAULT_SKIP)
     a.budget = a.budget if a.budget is not None else (0.02 if a.smoke else 0.25)

@@ -32,7 +32,7 @@ SHAPES_A=${SHAPES_A:-deepseek-v3-ep8,qwen3-30b-a3b}  # lane A also tunes the Tri
 SHAPES_B=${SHAPES_B:-gpt-oss-20b,nemotron-3-nano-tp8}
 TUNE_ARGS=${TUNE_ARGS:---buckets 1,4,16,64,128,256,512,2048}
 LB_TOKENS=${LB_TOKENS:-1,4,16,64,256,512,2048}  # 2,048 tokens at top-8 = 16K routed rows
-LB_TIERS=${LB_TIERS:-64}  # host rows from a plan per token range: 1-64, 65-256, prefill ("": per regime)
+LB_TIERS=${LB_TIERS:-64,512}  # host rows from a plan per token range: 1-64, 65-256, 257-512, more ("": per regime)
 # One GPU: the steps, in order (leave out "tune" to keep the shipped Triton tile table).
 ONE_GPU_STAGES="tests_b tune lane_a transformers_1gpu lane_b profile permute dg_tests"
 STAGES=${STAGES:-tests_b tune lane_a transformers_1gpu lane_b profile permute}

@@ -213,3 +213,21 @@ def test_gpu_every_timed_row_matches_the_float64_reference(tmp_path):
     assert not bad
     assert any(r["graphed"] for r in timed)
     assert all(r["capture_error"] for r in timed if not r["graphed"] and r["timer"] == "cuda_events")
+
+
+@pytest.mark.parametrize("tiers, ranges", [
+    ((), [(0, 256, (1, 4, 64, 256)), (256, 2048, (512, 2048))]),
+    ((64, 512), [(0, 64, (1, 4, 64)), (64, 256, (256,)), (256, 512, (512,)), (512, 2048, (2048,))]),
+    ((4096,), [(0, 256, (1, 4, 64, 256)), (256, 2048, (512, 2048))]),  # past the counts: no plan
+])
+def test_tier_plans_cover_every_count_once_with_the_ranges_transformers_uses(tiers, ranges):
+    from moe_core import MoESpec
+    from moe_core.integrations.hf_experts import Options
+
+    spec = MoESpec(num_experts=8, top_k=2, hidden_size=64, intermediate_size=32, max_tokens=2048)
+    plans = lb.tier_plans(spec, (1, 4, 64, 256, 512, 2048), tiers)
+    assert [(s.min_tokens, s.max_tokens, ts) for s, ts in plans] == ranges
+    opts = Options(tiers=tuple(t for t in tiers if t < 2048), max_tokens=2048)
+    for s, ts in plans:  # the integration sends each count to the plan of the same range
+        assert all(opts.max_tokens_for(t) == s.max_tokens and opts.min_tokens_for(s.max_tokens) == s.min_tokens
+                   for t in ts)
