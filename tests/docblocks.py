@@ -12,6 +12,7 @@ Markers, on the line before a ```python fence (blank lines between are allowed):
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import types
@@ -114,3 +115,9 @@ def run_on_rank(path: Path, line: int) -> None:
 
 if __name__ == "__main__":
     run_on_rank(Path(sys.argv[1]), int(sys.argv[2]))
+    # The block ran to its end (an error would have raised above). Skip the interpreter's
+    # teardown: gloo's threads can abort it ("terminate called without an active
+    # exception", seen once in a full run here; pytorch/pytorch#179291 describes the race).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -103,13 +103,21 @@ def test_spec_arch_auto_detects_as_its_error_message_offers():
                    arch="auto").arch == detect_arch()
 
 
-@pytest.mark.parametrize("text, expected", [("inf", 0.0), ("1e10", 0.0), ("2.5", 2.5)])
-def test_a_hook_timeout_past_the_clock_means_no_limit(monkeypatch, text, expected):
+@pytest.mark.parametrize("timeout", [float("inf"), 1e10, 2.5])
+def test_a_hook_timeout_past_the_clock_means_no_limit(monkeypatch, timeout):
     from moe_core import isolation
 
-    monkeypatch.setenv(isolation.ENV_TIMEOUT, text)
-    assert isolation.timeout_from_env() == expected
+    monkeypatch.setenv(isolation.ENV_TIMEOUT, str(timeout))
     assert isolation.call(lambda: 7, isolation.timeout_from_env()) == 7
+    assert host_with().__class__(hook_timeout=timeout).explain(SPEC).plan is not None
+
+
+@pytest.mark.parametrize("timeout", [-1, "10", True, float("nan")])
+def test_a_bad_hook_timeout_argument_is_refused(timeout):
+    from moe_core import Host
+
+    with pytest.raises(InputError, match="hook_timeout=.*expected seconds >= 0"):
+        Host(hook_timeout=timeout)
 
 
 def test_a_tuning_file_that_is_not_utf8_is_a_problem_not_a_crash(tmp_path):

@@ -139,7 +139,7 @@ def test_decode_and_prefill_calls_get_their_own_plans():
     assert {g: str(r.plan.backend) for g, r in layer.resolutions.items()} == {
         "decode": "reference:loop", "prefill": "prefill:prefill"}
     assert len(layer.loaded) == 2 and "tokens<=8 (decode)" in layer.loaded[0]
-    assert "prefill:prefill" in layer.loaded[1] and "tokens 9-512" in layer.loaded[1]
+    assert "prefill:prefill" in layer.loaded[1] and "tokens<=512" in layer.loaded[1]
     declined = [c for c in layer.resolutions["decode"].candidates if c.plugin == "prefill"]
     assert "8 tokens is decode" in declined[0].reason
 
@@ -167,6 +167,11 @@ def test_tiers_give_each_token_range_its_own_plan_on_the_same_weights():
     assert layer.resolutions["decode 5-8"].spec.min_tokens == 4 and layer.held_bytes == 0
     text = report(model).summary()
     assert "decode 5-8 (tokens 5-8/rank): wide:wide" in text
+    # a tier above the decode limit is a prefill plan of its own, named by its range
+    configure(model, host=host_with(("wide", above_4)), decode_tokens=8, max_tokens=512, tiers=(4, 64))
+    assert list(report(model).layers[0].resolutions) == ["decode 1-4", "decode 5-8", "prefill 9-64", "prefill"]
+    configure(model, host=host_with(("wide", above_4)), decode_tokens=8, max_tokens=512)
+    assert report(model).layers[0].resolutions["prefill"].spec.min_tokens == 0  # no tiers: as before
     with pytest.raises(InputError, match=r"tiers=\(0,\): expected token counts in \(0, max_tokens"):
         configure(model, tiers=(0,))
     with pytest.raises(InputError, match="tiers='4': expected a positive int"):
@@ -220,6 +225,23 @@ def test_options_are_checked():
     with pytest.raises(InputError, match="force='refrence': no plugin named 'refrence' is installed"
                                          r".*did you mean 'reference'\?"):
         configure(model, force="refrence")  # at configure, not at the first forward
+    with pytest.raises(InputError, match="plugin 'reference' has no variant 'lop'.*did you mean 'loop'"):
+        configure(model, force="reference:lop")
+
+
+def test_two_backends_of_a_non_canonical_module_share_one_canonical_copy():
+    """gpt-oss keeps its experts transposed and interleaved: moe-core makes one canonical copy,
+    and a second backend that reads it as it is (two tiers) makes none."""
+    same = make_plugin(one("wide", 100), lambda s: [
+        Verdict.yes("wide") if s.min_tokens >= 4 else
+        Verdict.no("wide", Reason.SHAPE_UNSUPPORTED, "small")], process=lambda plan, w: w)
+    model = tiny_model("gpt_oss")
+    experts = dict(model.named_modules())[report(model).layers[0].name]
+    own = sum(p.numel() * p.element_size() for p in experts.parameters())
+    configure(model, host=host_with(("wide", same)), decode_tokens=8, max_tokens=512, tiers=(4,))
+    layer = report(model, load=True).layers[0]
+    assert {str(r.plan.backend) for r in layer.resolutions.values()} == {"reference:loop", "wide:wide"}
+    assert own <= layer.held_bytes < 1.5 * own  # one copy (biases as fp32), not two
 
 
 def test_the_report_is_the_explain_trace():
@@ -236,7 +258,7 @@ def test_the_report_is_the_explain_trace():
         assert plan["chosen"] and plan["candidates"] and plan["spec"]["num_experts"] == 8
         assert plan["spec"]["max_tokens"] == max_tokens
     text = rep.summary()
-    assert "MixtralExperts" in text and "prefill (tokens 257-65536/rank): reference:loop" in text
+    assert "MixtralExperts" in text and "prefill (tokens<=65536/rank): reference:loop" in text
 
 
 def test_a_dense_model_is_refused_with_its_class_name():

@@ -197,6 +197,7 @@ def test_a_tier_spec_tunes_and_resolves_for_its_own_range(clock, spec, tmp_path)
     tier = spec.replace(min_tokens=256)
     layer = tuned(host, tier, clock, tmp_path).layers[0]
     assert sorted(layer.buckets) == [1, 64, 4096] and layer.chosen == "big:big"
+    assert not layer.selection.other_winners  # small's wins at 1 and 64 are another tier's
     assert str(reader(host, tmp_path).resolve(spec.replace(max_tokens=64, min_tokens=0)).backend) == "small:small"
 
 
@@ -514,6 +515,9 @@ def test_the_default_objective_weighs_every_bucket_of_the_plans_regime():
     assert [b for b, _ in mean.buckets(high, times, names)[0]] == [256]
     assert mean.scores(mean.buckets(low, times, names)[0], times, names)[1] == 1.0  # triton
     assert mean.scores([(256, 1.0)], times, names)[0] == 1.0  # cutlass
+    weighted = Objective.parse("1:0.8,256:0.2")  # a stated objective keeps to the tier's range too
+    assert weighted.buckets(high, times, names) == ([(256, 0.2)], "")
+    assert weighted.buckets(decode.replace(max_tokens=512, min_tokens=256), times, names)[0] == []
     slow = mean.scores(used, times, names)
     assert slow[1] < slow[0] and slow[1] == pytest.approx((4 + 1.102 / 0.882) / 5)
     assert at_max.scores([(256, 1.0)], times, names) == [0.882, 1.102]

@@ -148,6 +148,9 @@ class Host:
                  measurements: Any = None, hook_timeout: float | None = None,
                  debug: bool | None = None, cache_size: int = 4096):
         self.hook_timeout = timeout_from_env() if hook_timeout is None else hook_timeout
+        if isinstance(self.hook_timeout, bool) or not isinstance(self.hook_timeout, (int, float)) \
+                or not self.hook_timeout >= 0:
+            raise InputError(f"hook_timeout={hook_timeout!r}: expected seconds >= 0 (0: no limit)")
         self.debug = debug_from_env() if debug is None else debug
         self.registry = registry if registry is not None else Registry.discover()
         self.env = env if env is not None else self._probe()

@@ -33,8 +33,7 @@ def timeout_from_env() -> float:
         from .errors import InputError
 
         raise InputError(f"${ENV_TIMEOUT}={text!r}: expected a number of seconds >= 0 (0: no limit)")
-    # A wait past the platform's clock (inf, 1e10) overflows inside the queue: no limit it is.
-    return 0.0 if value > threading.TIMEOUT_MAX / 2 else value
+    return value
 
 
 def debug_from_env() -> bool:
@@ -77,7 +76,8 @@ _idle: list[_Worker] = []
 
 def call(fn: Callable[[], Any], timeout: float) -> Any:
     """``fn()`` within ``timeout`` seconds (0: no limit), isolated as described above."""
-    if not timeout:
+    # A wait past the platform's clock (inf, 1e10) overflows inside the queue: no limit it is.
+    if not timeout or timeout > threading.TIMEOUT_MAX / 2:
         try:
             return fn()
         except KeyboardInterrupt:

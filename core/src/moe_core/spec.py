@@ -85,10 +85,9 @@ def _flag(name: str, value: Any) -> None:
         raise SpecError(name, f"expected True or False, got {value!r}")
 
 
-def _positive_float(name: str, value: Any) -> float:
+def _positive_finite(name: str, value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
         raise SpecError(name, f"expected a positive finite number, got {value!r}")
-    return float(value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,10 +115,11 @@ class MoESpec:
     a2a: A2A = A2A.NONE
     arch: str = "cpu"
     max_tokens: int = 4096
-    #: The plan serves calls of more than this many tokens (0: all up to ``max_tokens``): one
-    #: tier of a layer that holds a plan per token range. It changes what the plan is chosen
-    #: for (the tuning objective scores runners over ``(min_tokens, max_tokens]``), never
-    #: what it can run: a smaller call is still computed correctly.
+    #: The plan is chosen for calls of more than this many tokens: one tier of a layer that
+    #: holds a plan per token range (the tuning objective scores runners over ``(min_tokens,
+    #: max_tokens]``; 0: over its regime's range, decode 1 to ``max_tokens``, prefill above
+    #: the decode limit). It never limits what the plan runs: a smaller call is computed
+    #: correctly. ``for_tokens`` resizes a spec and drops it.
     min_tokens: int = 0
     #: Override of the token regime; None derives it from ``max_tokens`` (see
     #: :attr:`token_regime`), so ``replace(max_tokens=...)`` never leaves it stale.
@@ -181,7 +181,7 @@ class MoESpec:
                 raise SpecError("swiglu_limit", "activation swiglu_limit needs a positive clamp limit")
             for name in ("swiglu_limit", "swiglu_alpha"):
                 if getattr(self, name) is not None:
-                    set_(self, name, _positive_float(name, getattr(self, name)))
+                    _positive_finite(name, getattr(self, name))
         elif self.swiglu_limit is not None or self.swiglu_alpha is not None:
             raise SpecError(
                 "swiglu_limit",

@@ -43,7 +43,7 @@ def router_for(cfg, spec):
     return r
 
 
-def _gib(n: float) -> str:
+def gib(n: float) -> str:
     return f"{n / 2**30:.2f} GiB"
 
 
@@ -66,7 +66,7 @@ def planned_bytes(spec, tokens: int) -> int:
     return run_memory_bytes(spec, tokens) + weight_bytes(spec)
 
 
-def _largest(lo: int, hi: int, fits) -> int | None:
+def largest(lo: int, hi: int, fits) -> int | None:
     """The largest ``n`` in ``[lo, hi]`` with ``fits(n)`` (true up to some point), or None."""
     if hi < lo or not fits(lo):
         return None
@@ -86,12 +86,12 @@ def fitting_advice(spec, tokens: int, budget: float) -> str:
         return replace(spec, num_experts=k * ep)
 
     smallest = -(-spec.top_k // ep)  # in EP groups: at least top-k experts
-    k = _largest(smallest, spec.num_experts // ep - 1,
+    k = largest(smallest, spec.num_experts // ep - 1,
                  lambda k: planned_bytes(sliced(k), tokens) <= budget)
     if k is not None:
         return f"Run a slice: --experts {k * ep}"
     for s, also in ((spec, ""), (sliced(smallest), f" with --experts {smallest * ep}")):
-        t = _largest(1, tokens - 1, lambda t: planned_bytes(s, t) <= budget)
+        t = largest(1, tokens - 1, lambda t: planned_bytes(s, t) <= budget)
         if t is not None:
             return f"Lower --tokens to at most {t}{also}"
     return "Even one token and the smallest slice do not fit: use a machine with more memory"
@@ -102,7 +102,7 @@ def check_memory(name: str, spec, tokens: int, dev: str) -> tuple[int, int]:
     need, have = planned_bytes(spec, tokens), available_bytes(dev)
     if need > MEMORY_SHARE * have:
         raise click.UsageError(
-            f"{name} ({spec.describe()}) needs about {_gib(need)} on {dev}; {_gib(have)} is "
+            f"{name} ({spec.describe()}) needs about {gib(need)} on {dev}; {gib(have)} is "
             f"available (a run may plan {MEMORY_SHARE:.0%} of it). "
             f"{fitting_advice(spec, tokens, MEMORY_SHARE * have)}")
     return need, have
@@ -212,8 +212,8 @@ def run(iters, seed, cuda_graph, as_json, **o):
         for note in r["notes"]:
             console.print(f"  note: {note}", highlight=False)
         console.print(f"backend   {r['backend']} ({r['reason']})", highlight=False)
-        console.print(f"memory    planned {_gib(r['memory_planned_bytes'])} of "
-                      f"{_gib(r['memory_available_bytes'])} available", highlight=False)
+        console.print(f"memory    planned {gib(r['memory_planned_bytes'])} of "
+                      f"{gib(r['memory_available_bytes'])} available", highlight=False)
         console.print(f"load      {r['load_s'] * 1e3:.1f} ms (process weights + build runner)")
         console.print(f"run       {r['median_ms']:.2f} ms median of {iters} for {r['tokens']} tokens"
                       f"{' (CUDA graph replays)' if r['cuda_graph'] else ''} "

@@ -129,9 +129,9 @@ def check_buckets(spec, buckets: list[int], option: str) -> None:
     if fits(worst):
         return
     need = (f"{worst} tokens of {spec.for_tokens(worst).describe()} need about "
-            f"{run_layer._gib(run_memory_bytes(spec, worst * rows))} on {dev}; {run_layer._gib(have)} "
+            f"{run_layer.gib(run_memory_bytes(spec, worst * rows))} on {dev}; {run_layer.gib(have)} "
             f"is available (a run may plan {run_layer.MEMORY_SHARE:.0%} of it)")
-    most = run_layer._largest(1, worst - 1, fits)
+    most = run_layer.largest(1, worst - 1, fits)
     if most is None:  # the weights alone: no bucket is to blame
         raise click.UsageError(f"{need}. {run_layer.fitting_advice(spec, 1, budget)}")
     raise click.BadParameter(f"{need}: expected at most {most} tokens", param_hint=option)

@@ -271,22 +271,22 @@ def canonical_weights(module: torch.nn.Module, layout: ExpertsLayout) -> MoEWeig
                       w13_bias=b13, w2_bias=b2)
 
 
+def _storage(t: torch.Tensor):
+    return local(t).untyped_storage()  # a DTensor has no storage of its own: its shard has
+
+
 def held_bytes(module: torch.nn.Module, state: "ExpertsState") -> int:
     """Bytes of processed weights the module's plans hold beyond its own parameters (each
     storage counted once): 0 where every backend reads the module's tensors as they are."""
-    def storage(t: torch.Tensor):
-        # A sharded parameter (DTensor) has no storage of its own: its shard on this rank does.
-        return (t.to_local() if hasattr(t, "to_local") else t).untyped_storage()
-
-    own = {storage(t).data_ptr() for t in module.parameters(recurse=True)}
+    own = {_storage(t).data_ptr() for t in module.parameters(recurse=True)}
     seen: set[int] = set()
     total = 0
     for weights in state.processed.values():
         for t in weights.tensors().values():
-            ptr = storage(t).data_ptr()
+            ptr = _storage(t).data_ptr()
             if ptr not in own and ptr not in seen:
                 seen.add(ptr)
-                total += storage(t).nbytes()
+                total += _storage(t).nbytes()
     return total
 
 
@@ -412,8 +412,11 @@ class Options:
     #: More plan boundaries (tokens per rank) besides ``decode_tokens``: each range between
     #: two gets its own plan, chosen for that range alone (after ``moe tune``: the runner
     #: fastest over the range's buckets). E.g. ``(64,)``: 1-64, 65-256 and prefill. Plans of
-    #: one backend share one set of processed weights; backends that read the canonical
-    #: layout (Triton, DeepGEMM on SM90, the reference) share the module's own tensors.
+    #: one backend share one set of processed weights, and backends that read the canonical
+    #: layout as it is (Triton, DeepGEMM on SM90, the reference) share one canonical set: the
+    #: module's own tensors where its layout is canonical, else one copy. Under moe-core's
+    #: expert parallelism each plan also has its own dispatcher, sized for its range (DeepEP:
+    #: a buffer per tier).
     tiers: tuple[int, ...] = ()
     #: How ``ep_implementation="moe_core"`` asks for tokens to travel; None: DeepEP
     #: low-latency for decode and DeepEP normal for prefill, which fall through to
@@ -481,12 +484,12 @@ EP_ATTR = "_moe_core_ep"
 
 
 def regime_name(max_tokens: int, options: Options) -> str:
-    """``decode`` / ``prefill``; with tiers, a decode plan's token range too (``decode 65-256``)."""
-    if max_tokens > options.decode_tokens:
-        return "prefill"
-    if not options.tiers:
-        return "decode"
-    return f"decode {options.min_tokens_for(max_tokens) + 1}-{max_tokens}"
+    """``decode`` / ``prefill``; with tiers, each plan but the last also names its token range
+    (``decode 65-256``, ``prefill 257-512``); the last, open-ended one stays ``prefill``."""
+    regime = "decode" if max_tokens <= options.decode_tokens else "prefill"
+    if not options.tiers or (regime == "prefill" and max_tokens not in options.boundaries):
+        return regime
+    return f"{regime} {options.min_tokens_for(max_tokens) + 1}-{max_tokens}"
 
 
 @dataclass
@@ -509,6 +512,9 @@ class ExpertsState:
     loaded: dict[tuple, Loaded] = field(default_factory=dict)
     #: processed weights, shared by the plans of one backend
     processed: dict[tuple, MoEWeights] = field(default_factory=dict)
+    #: the canonical weights, kept while some processed set reads them (so a second backend
+    #: that reads them as they are makes no second copy of a non-canonical module's)
+    canonical: MoEWeights | None = None
 
 
 def options_of(module: torch.nn.Module) -> Options:
@@ -564,7 +570,8 @@ def resolve_for(module: torch.nn.Module, state: ExpertsState, *, max_tokens: int
     opts = state.options
     spec = layer_spec(module, state.layout, config, max_tokens=max_tokens, name=state.name,
                       sharding=sharding, a2a=a2a, top_k=top_k)
-    spec = spec.replace(min_tokens=opts.min_tokens_for(max_tokens))
+    if opts.tiers:  # without tiers each plan keeps its regime's range (min_tokens 0)
+        spec = spec.replace(min_tokens=opts.min_tokens_for(max_tokens))
     return spec, opts.the_host().explain(spec, force=opts.force, disable=opts.disable)
 
 
@@ -587,8 +594,13 @@ def load_for(module: torch.nn.Module, state: ExpertsState, *, max_tokens: int,
                    plan.dispatch.wire)
     weights = state.processed.get(backend_key)
     if weights is None:
-        weights = state.processed[backend_key] = host.process_weights(
-            plan, canonical_weights(module, state.layout))
+        canonical = state.canonical
+        if canonical is None:
+            canonical = canonical_weights(module, state.layout)
+        weights = state.processed[backend_key] = host.process_weights(plan, canonical)
+        read = {_storage(t).data_ptr() for w in state.processed.values() for t in w.tensors().values()}
+        kept = any(_storage(t).data_ptr() in read for t in canonical.tensors().values())
+        state.canonical = canonical if kept else None
     layer = host.make_runner(plan, weights, check_values=False)
     if plan.dispatcher is not None:
         from ..ep import DispatchedLayer

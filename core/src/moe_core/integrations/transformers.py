@@ -260,20 +260,24 @@ def report(model: torch.nn.Module, *, load: bool = False) -> ModelReport:
 
 def configure(model: torch.nn.Module, *, host=None, force: str | None = None, disable=None,
               decode_tokens: int | None = None, max_tokens: int | None = None,
-              a2a: str | None = None, tiers: tuple[int, ...] = ()) -> Options:
+              a2a: str | None = None, tiers: tuple[int, ...] | None = None) -> Options:
     """How every experts module of ``model`` is resolved (see :class:`Options`); drops the
     layers loaded so far. Without it: the installed plugins, ``$MOE_BACKEND``/``$MOE_DISABLE``."""
     defaults = Options()  # None only: 0 tokens is an error, not a default
     opts = Options(host=host, force=force, disable=disable,
                    decode_tokens=defaults.decode_tokens if decode_tokens is None else decode_tokens,
                    max_tokens=defaults.max_tokens if max_tokens is None else max_tokens, a2a=a2a,
-                   tiers=tiers)
+                   tiers=defaults.tiers if tiers is None else tiers)
     if force:  # now, not at the first forward: the host knows its plugins already
-        plugin = force.partition(":")[0].strip()
+        plugin, _, variant = force.strip().partition(":")
         records = opts.the_host().registry.records
         if plugin not in records:
             raise InputError(f"force={force!r}: no plugin named {plugin!r} is installed (installed: "
                              f"{', '.join(records) or 'none'}){did_you_mean(plugin, records)}")
+        names = [v.name for v in records[plugin].variants]
+        if variant and names and variant not in names:
+            raise InputError(f"force={force!r}: plugin {plugin!r} has no variant {variant!r} "
+                             f"(expected one of: {', '.join(names)}){did_you_mean(variant, names)}")
     for _, module in _found(model):
         set_options(module, opts)
     return opts

@@ -219,9 +219,10 @@ class Objective:
         measured = sorted(times)
         max_tokens = spec.max_tokens
         if self.kind is ObjectiveKind.WEIGHTED:
-            used = [(b, w) for b, w in self.weights if b <= max_tokens]
+            used = [(b, w) for b, w in self.weights if spec.min_tokens < b <= max_tokens]
             if not used:
-                return [], f"every bucket of the objective exceeds max_tokens {max_tokens}"
+                return [], (f"no bucket of the objective lies in the plan's range "
+                            f"({spec.min_tokens}, {max_tokens}]")
             gone = [b for b, _ in used if b not in measured]
             if gone:
                 return [], (f"the objective needs bucket(s) {', '.join(map(str, gone))}; measured: "
@@ -542,7 +543,7 @@ class TuningCache:
         wins = []
         for b, ts in times.items():
             finite = {n: t for n, t in ts.items() if math.isfinite(t) and n in names}
-            if b <= upto and finite:
+            if spec.min_tokens < b <= upto and finite:  # another tier serves the buckets below
                 best = min(finite, key=finite.get)
                 if best != chosen:
                     wins.append((b, best))
