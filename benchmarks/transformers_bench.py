@@ -120,19 +120,20 @@ def why_not(impl: str, tokens: int, preset: dict) -> str | None:
     return None
 
 
-def tune_model(model, sizes) -> str:
+def tune_model(model, sizes, tiers: tuple[int, ...] = ()) -> str:
     """What a user runs once per machine: ``moe tune`` on ``model``'s layer specs (one per
-    distinct layer, at the benchmark's token counts and the decode plan's size, into a
-    throwaway cache); the model's moe_core layers then resolve with a host reading it."""
+    distinct layer, at the benchmark's token counts, the decode plan's size and the tier
+    boundaries, into a throwaway cache); the model's moe_core layers then resolve with a host
+    reading it, a plan per tier (``configure(tiers=...)``)."""
     import moe_core.integrations.transformers as moe_tf
     from moe_core.integrations.hf_experts import Options
     from moe_core.tuning import spec_key
 
     specs = {spec_key(res.plan.spec): res.plan.spec for layer in moe_tf.report(model).layers
              for res in layer.resolutions.values() if res.plan is not None}
-    buckets = sorted({n for _, n in sizes} | {Options().decode_tokens})
+    buckets = sorted({n for _, n in sizes} | {Options().decode_tokens} | set(tiers))
     host, chosen, seconds = common.tuned_host([(list(specs.values()), buckets)])
-    moe_tf.configure(model, host=host)
+    moe_tf.configure(model, host=host, tiers=tiers)
     return (f"moe tune: {len(specs)} layer spec(s), buckets {buckets}, {seconds:.1f} s; "
             f"chosen {', '.join(chosen)}")
 
@@ -181,7 +182,7 @@ def measure(model, impls, preset, device, ep: int, sizes, ep_impl: str | None = 
         if skip is None and impl == "moe_core":
             rep = moe_tf.report(model, load=True)  # weights processed outside the timing
             plans = {g: sorted({str(r.resolutions[g].plan.backend) for r in rep.layers})
-                     for g in ("decode", "prefill")}
+                     for g in rep.layers[0].resolutions}  # decode, prefill, or a plan per tier
             plans["dispatcher"] = sorted({str(r.dispatcher(g)) for r in rep.layers for g in r.resolutions})
             sel = [r.resolutions[g].plan.selection for r in rep.layers for g in r.resolutions]
             plans["selected_by"] = sorted({str(x.by) for x in sel})
@@ -315,10 +316,16 @@ def main(argv=None) -> None:
                          "machine may have no matplotlib")
     ap.add_argument("--no-graph", dest="graph", action="store_false",
                     help="one GPU: time every forward eagerly instead of as CUDA-graph replays")
+    ap.add_argument("--tiers", default="", help="one GPU: moe_core plans per token range, e.g. 64 "
+                    "(configure(tiers=...)); default: one decode and one prefill plan")
     ap.add_argument("--no-tune", dest="tune", action="store_false",
                     help="one GPU: skip `moe tune` on the model's layers before the moe_core rows "
                          "(they then show the static priority order, not a tuned machine's choice)")
     a = ap.parse_args(argv)
+    try:
+        a.tiers = tuple(sorted({int(t) for t in a.tiers.split(",") if t.strip()}))
+    except ValueError:
+        ap.error(f"--tiers {a.tiers!r}: expected a comma list of positive token counts")
     if a.from_json:
         results = json.loads(Path(a.from_json).read_text())["results"]
         report_results(results, a.plot)
@@ -355,7 +362,10 @@ def main(argv=None) -> None:
         else:
             model = build(preset, device)
             if a.tune and "moe_core" in a.impls.split(","):
-                print(tune_model(model, sizes), flush=True)
+                print(tune_model(model, sizes, a.tiers), flush=True)
+            elif a.tiers:
+                import moe_core.integrations.transformers as moe_tf
+                moe_tf.configure(model, tiers=a.tiers)
             rows = measure(model, a.impls.split(","), preset, device, 1, sizes, graph=a.graph)
             del model
         title = (f"{name} ({preset['family']}, {preset['layers']} layers, E={preset['experts']} "

@@ -106,7 +106,7 @@ lane_b() {
 
 transformers_1gpu() {
     step transformers_1gpu 420 python3 benchmarks/transformers_bench.py --preset qwen3-30b-a3b,deepseek-v3-64e \
-        --prefill 512,2048 --out "$W/transformers_1gpu.json" --plot "$W/transformers_1gpu.png"
+        --prefill 512,2048 --tiers "$LB_TIERS" --out "$W/transformers_1gpu.json" --plot "$W/transformers_1gpu.png"
 }
 
 ep() {

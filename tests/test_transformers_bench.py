@@ -36,3 +36,18 @@ def test_the_cpu_smoke_run_times_every_implementation(tmp_path, capsys, monkeypa
     plans = ours[0]["plans"]
     assert all(r["plans"] == plans for r in ours) and plans["decode"] == ["reference:loop"]
     assert plans["from_measurements"] is tune  # the layers resolved through the tuned host
+
+
+def test_tiers_reach_the_model_and_the_tuning(tmp_path, capsys, monkeypatch):
+    """--tiers 2: the tuning measures the boundary and the moe_core rows run a plan per range."""
+    import transformers_bench as tb
+
+    monkeypatch.setenv("MOE_TUNING", "0")
+    out = tmp_path / "tf.json"
+    tb.main(["--preset", "tiny", "--device", "cpu", "--decode", "1,4", "--prefill", "16",
+             "--impls", "moe_core", "--tiers", "2", "--out", str(out)])
+    assert "buckets [1, 2, 4, 16, 256]" in capsys.readouterr().out
+    plans = json.loads(out.read_text())["results"][0]["rows"][0]["plans"]
+    assert {"decode 1-2", "decode 3-256", "prefill"} <= set(plans)
+    with pytest.raises(SystemExit):
+        tb.main(["--preset", "tiny", "--device", "cpu", "--tiers", "x"])
