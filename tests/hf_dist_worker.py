@@ -24,11 +24,13 @@ import torch.distributed as dist
 import gloo
 
 #: name -> (DistributedConfig kwargs): expert tensor parallelism, then expert parallelism with
-#: moe-core's token exchange, transformers' all_to_all, and transformers' auto (all-reduce
-#: over the shared batch: the experts see another rank's routes as sentinel ids).
+#: moe-core's token exchange (also with a plan per token range: ``tiers``, given to
+#: ``configure``), transformers' all_to_all, and transformers' auto (all-reduce over the
+#: shared batch: the experts see another rank's routes as sentinel ids).
 CASES = {
     "tp2": dict(tp_size=2),
     "ep2-moe_core": dict(tp_size=2, ep_size=2, ep_implementation="moe_core"),
+    "ep2-moe_core-tiers": dict(tp_size=2, ep_size=2, ep_implementation="moe_core", tiers=(1,)),
     "ep2-all_to_all": dict(tp_size=2, ep_size=2, ep_implementation="all_to_all"),
     "ep2-auto": dict(tp_size=2, ep_size=2, ep_implementation="auto"),
 }
@@ -87,9 +89,13 @@ def run(rank: int, world: int, paths: dict[str, str], device: str, tokens: int =
         del oracle
         for case in cases:
             t0 = time.perf_counter()
+            dc = dict(CASES[case])
+            tiers = dc.pop("tiers", None)
             model = AutoModelForCausalLM.from_pretrained(
                 path, dtype=torch.bfloat16, experts_implementation="moe_core",
-                distributed_config=DistributedConfig(**CASES[case])).eval()
+                distributed_config=DistributedConfig(**dc)).eval()
+            if tiers:
+                moe_tf.configure(model, tiers=tiers)
             got, got_one = _logits(model, ids), _logits(model, one)
             rep = moe_tf.report(model)
             dispatchers = {id(loaded.layer.dispatcher) for _, m in experts_modules(model)

@@ -20,7 +20,7 @@ FAMILIES = ["qwen3_moe", "mixtral", "olmoe", "qwen2_moe", "deepseek_v3", "gpt_os
 #: bf16 on both sides; the sharded model also splits attention (TP) and sums in another order.
 TOLERANCE = 2e-2
 #: case -> who moves the tokens, as the report names it (same in decode and prefill)
-DISPATCHER = {"tp2": None, "ep2-moe_core": "torch:all_to_all",
+DISPATCHER = {"tp2": None, "ep2-moe_core": "torch:all_to_all", "ep2-moe_core-tiers": "torch:all_to_all",
               "ep2-all_to_all": "transformers:all_to_all", "ep2-auto": "transformers:auto"}
 
 
@@ -53,22 +53,25 @@ def test_sharded_logits_match_the_single_process_model(records, family, case):
 def test_the_report_names_every_layers_backend_and_dispatcher(records, family, case):
     for r in _mine(records, family, case):
         assert len(r["layers"]) == 2
+        tiers = case.endswith("-tiers")  # tiers=(1,): 1 token, 2-256, prefill
+        plans = ("decode 1-1", "decode 2-256", "prefill") if tiers else ("decode", "prefill")
         for layer in r["layers"]:
             assert layer["implementation"] == "moe_core"
-            assert layer["backend"] == {"decode": "reference:loop", "prefill": "reference:loop"}
-            assert layer["dispatcher"] == {"decode": DISPATCHER[case], "prefill": DISPATCHER[case]}
+            assert layer["backend"] == dict.fromkeys(plans, "reference:loop")
+            assert layer["dispatcher"] == dict.fromkeys(plans, DISPATCHER[case])
             if case.startswith("ep2"):
                 assert layer["sharding"] == f"expert parallel 2 (rank {r['rank']})"
             elif family == "gpt_oss":  # transformers' TP plan leaves gpt-oss's experts whole
                 assert layer["sharding"] == "whole"
             else:
                 assert layer["sharding"] == f"expert tensor parallel 2 (rank {r['rank']})"
-            # the calls ran the decode plan (<= 256 tokens), loaded once
-            assert len(layer["loaded"]) == 1 and "(decode)" in layer["loaded"][0], layer
-        # one dispatcher serves both layers (same shape), built once
-        assert r["dispatchers"] == (1 if case == "ep2-moe_core" else 0), r
+            # the calls ran the decode plan (<= 256 tokens), loaded once; with tiers, the
+            # 16-token batch the 2-256 plan and the one token the 1-token plan
+            assert len(layer["loaded"]) == 1 + tiers and "(decode)" in layer["loaded"][0], layer
+        # one dispatcher serves both layers (same shape), built once (with tiers: one a plan)
+        assert r["dispatchers"] == (1 + tiers if case.startswith("ep2-moe_core") else 0), r
         for layer in r["layers"]:
-            if case == "ep2-moe_core":
+            if case.startswith("ep2-moe_core"):
                 assert "DispatchedLayer(reference:loop via torch:all_to_all" in layer["loaded"][0]
                 assert "a2a=deepep_ll" in layer["loaded"][0]  # asked for DeepEP, fell through
             elif case == "ep2-all_to_all":  # transformers hands each expert rank one route per row
