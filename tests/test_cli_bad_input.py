@@ -121,3 +121,28 @@ def test_buckets_that_cannot_fit_are_refused_with_the_largest_that_does(monkeypa
 def test_weights_that_cannot_fit_advise_a_slice(monkeypatch):
     monkeypatch.setattr(run_mod, "available_bytes", lambda device: 8 * 2**30)
     _refused(["tune", "-m", "deepseek-ai/DeepSeek-V3", "--arch", "cpu", "-t", "1"], "Run a slice: --experts")
+
+
+def test_a_model_whose_layers_differ_says_which_layer_and_takes_layer(tmp_path, monkeypatch):
+    """A config with per-layer sizes: explain names the layer it planned and the others;
+    --layer plans another; a layer without routed experts is refused by name."""
+    cfg = tmp_path / "config.json"
+    cfg.write_text('{"model_type": "qwen3_moe", "hidden_size": 256, "num_experts": 8, '
+                   '"moe_intermediate_size": [128, 128, 64, 64], "num_experts_per_tok": 2, '
+                   '"num_hidden_layers": 4, "intermediate_size": 512}')
+    args = ["explain", "-m", str(cfg), "--arch", "cpu"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert "layers 0-1: E=8 top2 I=128; layers 2-3: E=8 top2 I=64" in r.output
+    assert "this is layer 0, --layer N plans another" in r.output and "I=128 (128/rank)" in r.output
+    r = CliRunner().invoke(main, [*args, "--layer", "2"])
+    assert r.exit_code == 0 and "I=64 (64/rank)" in r.output and "differ" not in r.output, r.output
+    r = CliRunner().invoke(main, [*args, "--layer", "9"])
+    assert r.exit_code == 2 and "--layer" in r.output and "layer 9 has no routed experts" in r.output
+
+
+def test_a_bad_assume_installed_variable_is_refused_like_the_option(monkeypatch):
+    monkeypatch.setenv("MOE_ASSUME_INSTALLED", "deep_gem")
+    r = CliRunner().invoke(main, ["explain", *Q, "--arch", "sm90"])
+    assert r.exit_code == 2, r.output
+    assert "$MOE_ASSUME_INSTALLED" in r.output and "did you mean 'deep_gemm'" in r.output

@@ -78,10 +78,10 @@ class ModelConfig:
                                num_shared_experts=shape.num_shared_experts)
         moe = [s.index for s in self.layers]
         raise ModelConfigError(f"{self.name}: layer {index} has no routed experts "
-                               f"(MoE layers: {_ranges(moe) or 'not recorded'})")
+                               f"(MoE layers: {id_ranges(moe) or 'not recorded'})")
 
 
-def _ranges(ids: list[int]) -> str:
+def id_ranges(ids: list[int]) -> str:
     """``[0, 1, 2, 5]`` -> ``"0-2, 5"``."""
     out: list[str] = []
     for i in ids:

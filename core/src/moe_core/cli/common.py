@@ -12,10 +12,10 @@ from contextlib import contextmanager
 import click
 from rich.console import Console
 
-from ..errors import MoEError, did_you_mean
+from ..errors import ModelConfigError, MoEError, did_you_mean
 from ..isolation import ENV_DEBUG
 from ..registry import PluginStatus
-from ..models import ModelConfig, load_model_config, spec_for_model
+from ..models import ModelConfig, id_ranges, load_model_config, spec_for_model
 from ..spec import A2A, Quant
 
 #: Kernel modules the in-tree plugins look for (``--assume-installed`` accepts these, and
@@ -53,6 +53,9 @@ def spec_options(fn):
                      help="cpu, sm90, sm100, ... or auto (detect)."),
         click.option("--tokens", "-t", default=None, type=positive,
                      help="Max tokens per rank per forward (decode <= 256 < prefill)."),
+        click.option("--layer", default=None, type=click.IntRange(min=0),
+                     help="Decoder layer whose experts to plan, where the config sizes them per "
+                          "layer (default: the first MoE layer)."),
         click.option("--experts", default=None, type=positive,
                      help="Keep only this many experts (a slice of the model; at least its top-k)."),
         click.option("--top-k", "top_k", default=None, type=positive,
@@ -84,8 +87,17 @@ def assume_installed_option(fn):
 
 def build_spec(o: dict, default_tokens: int):
     """The spec the options describe; a slice's expert count and top-k are checked against
-    the model's here, so a mistake is named instead of silently changed."""
+    the model's here, so a mistake is named instead of silently changed. Where the model's
+    MoE layers differ and ``--layer`` chose none, a note on stderr says which one this is."""
     cfg = o["model"] if isinstance(o["model"], ModelConfig) else load_model_config(o["model"])
+    note = layer_note({**o, "model": cfg})
+    if note:
+        err_console.print(note, highlight=False)
+    if o.get("layer") is not None:
+        try:
+            cfg = cfg.for_layer(o["layer"])
+        except ModelConfigError as e:
+            raise click.BadParameter(str(e), param_hint="--layer") from None
     experts, top_k = o["experts"], o.get("top_k")
     if experts is not None and experts > cfg.num_experts:
         raise click.BadParameter(f"{experts}, but {cfg.name} has {cfg.num_experts} experts "
@@ -161,17 +173,35 @@ def _check_selector(source: str, sel: str, installed: dict) -> None:
 
 
 def check_assumed(modules: str) -> None:
-    """Every module named by ``--assume-installed`` is one an installed plugin's variants
-    require (the modules the host's environment probed)."""
+    """Every module named by ``--assume-installed`` (or ``$MOE_ASSUME_INSTALLED``, which the
+    host reads too) is one an installed plugin's variants require (the modules the host's
+    environment probed)."""
     from .. import default_host
+    from ..environment import ENV_ASSUME
 
     known = {m.name for m in default_host().env.modules}
-    for name in _names(modules):
-        if name not in known:
-            raise click.BadParameter(
-                f"{name!r} is not a kernel module any installed plugin looks for (expected one of: "
-                f"{', '.join(sorted(known))}){did_you_mean(name, known)}",
-                param_hint="--assume-installed")
+    for hint, text in (("--assume-installed", modules), (f"${ENV_ASSUME}", os.environ.get(ENV_ASSUME))):
+        for name in _names(text):
+            if name not in known:
+                raise click.BadParameter(
+                    f"{name!r} is not a kernel module any installed plugin looks for (expected one "
+                    f"of: {', '.join(sorted(known))}){did_you_mean(name, known)}", param_hint=hint)
+
+
+def layer_note(o: dict) -> str | None:
+    """A line for a model whose MoE layers differ in shape, unless ``--layer`` chose one:
+    which layer the spec is, and that the others are planned with ``--layer``."""
+    if o.get("layer") is not None:
+        return None
+    cfg = o["model"] if isinstance(o["model"], ModelConfig) else load_model_config(o["model"])
+    shapes: dict[tuple, list[int]] = {}
+    for s in cfg.layers:
+        shapes.setdefault((s.num_experts, s.top_k, s.moe_intermediate_size), []).append(s.index)
+    if len(shapes) < 2:
+        return None
+    kinds = "; ".join(f"layers {id_ranges(ids)}: E={e} top{k} I={i}" for (e, k, i), ids in shapes.items())
+    return (f"note: {cfg.name}'s MoE layers differ ({kinds}); this is layer {cfg.layers[0].index}, "
+            "--layer N plans another")
 
 
 @contextmanager
