@@ -315,21 +315,29 @@ class Host:
                 f"forced backend {res.force!r} cannot run {spec.describe()}:\n{res.summary()}", res)
         raise NoBackendError(f"no backend can run {spec.describe()}:\n{res.summary()}", res)
 
+    def selector_problem(self, text: str) -> tuple[str, bool] | None:
+        """What is wrong with the selector ``plugin[:variant]`` on this host (None: it names an
+        installed plugin and, where that plugin loaded, one of its variants), and whether it
+        looks like a typo: a variant its plugin lacks, or a name close to an installed one."""
+        records = self.registry.records
+        plugin, variant = _selector(text)
+        rec = records.get(plugin)
+        if rec is None:
+            hint = did_you_mean(plugin, records)
+            return (f"no plugin named {plugin!r} is installed{hint} (installed: "
+                    f"{', '.join(records) or 'none'})"), bool(hint)
+        names = [v.name for v in rec.variants]
+        if variant and rec.status is PluginStatus.OK and variant not in names:
+            return (f"plugin {plugin!r} has no variant {variant!r} (expected one of: "
+                    f"{', '.join(names)}){did_you_mean(variant, names)}"), True
+        return None
+
     def _warn_typos(self, disable: tuple[str, ...]) -> None:
         """A :class:`SelectorWarning` for each ``disable`` entry that looks like a typo."""
-        records = self.registry.records
         for text in disable:
-            plugin, variant = _selector(text)
-            rec = records.get(plugin)
-            if rec is None:
-                hint = did_you_mean(plugin, records)
-                if hint:
-                    warnings.warn(f"disable {text!r}: no plugin named {plugin!r} is installed{hint}",
-                                  SelectorWarning, stacklevel=5)
-            elif variant and rec.status is PluginStatus.OK and variant not in {v.name for v in rec.variants}:
-                warnings.warn(f"disable {text!r}: plugin {plugin!r} has no variant {variant!r} (its "
-                              f"variants: {_names(v.name for v in rec.variants)})", SelectorWarning,
-                              stacklevel=5)
+            problem = self.selector_problem(text)
+            if problem and problem[1]:
+                warnings.warn(f"disable {text!r}: {problem[0]}", SelectorWarning, stacklevel=5)
 
     def _resolve(self, spec: MoESpec, force: str | None, disable: tuple[str, ...],
                  env: Environment) -> Resolution:

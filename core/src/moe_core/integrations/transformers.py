@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from transformers.integrations.moe import ExpertsInterface
 
-from ..errors import InputError, ModelConfigError, did_you_mean
+from ..errors import InputError, ModelConfigError
 from ..plan import Plan, Resolution
 from ..spec import A2A
 from .hf_experts import (EP_ATTR, EXPERT_KEYS, ExpertsLayout, Options, Sharding, UnsupportedExperts,
@@ -268,16 +268,9 @@ def configure(model: torch.nn.Module, *, host=None, force: str | None = None, di
                    decode_tokens=defaults.decode_tokens if decode_tokens is None else decode_tokens,
                    max_tokens=defaults.max_tokens if max_tokens is None else max_tokens, a2a=a2a,
                    tiers=defaults.tiers if tiers is None else tiers)
-    if force:  # now, not at the first forward: the host knows its plugins already
-        plugin, _, variant = force.strip().partition(":")
-        records = opts.the_host().registry.records
-        if plugin not in records:
-            raise InputError(f"force={force!r}: no plugin named {plugin!r} is installed (installed: "
-                             f"{', '.join(records) or 'none'}){did_you_mean(plugin, records)}")
-        names = [v.name for v in records[plugin].variants]
-        if variant and names and variant not in names:
-            raise InputError(f"force={force!r}: plugin {plugin!r} has no variant {variant!r} "
-                             f"(expected one of: {', '.join(names)}){did_you_mean(variant, names)}")
+    problem = opts.the_host().selector_problem(force) if force else None
+    if problem:  # now, not at the first forward: the host knows its plugins already
+        raise InputError(f"force={force!r}: {problem[0]}")
     for _, module in _found(model):
         set_options(module, opts)
     return opts
