@@ -192,3 +192,14 @@ def tuned_host(jobs, *, registry=None, budget_s: float | None = None):
         report = tune(specs, host=Host(registry), buckets=buckets, cache=cache, budget_s=budget_s)
         chosen |= {lay.chosen for lay in report.layers if lay.chosen}
     return Host(registry, measurements=cache), sorted(chosen), time.perf_counter() - t0
+
+
+def parse_tiers(ap, text: str) -> tuple[int, ...]:
+    """``--tiers`` (``"64,512"``): the plan boundaries, rising; ``ap.error`` on anything else."""
+    try:
+        tiers = tuple(sorted({int(t) for t in text.split(",") if t.strip()}))
+    except ValueError:
+        tiers = (0,)
+    if any(t < 1 for t in tiers):
+        ap.error(f"--tiers {text!r}: expected a comma list of positive token counts")
+    return tiers

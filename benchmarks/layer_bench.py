@@ -712,13 +712,7 @@ def parse(argv=None):
         a.quants = [Quant(q) for q in a.quants.split(",")]
     except ValueError:
         ap.error(f"--quants {a.quants!r}: expected some of {', '.join(q.value for q in QUANTS)}")
-    text = a.tiers
-    try:
-        a.tiers = tuple(sorted({int(t) for t in text.split(",") if t.strip()}))
-    except ValueError:
-        a.tiers = (0,)
-    if any(t < 1 for t in a.tiers):
-        ap.error(f"--tiers {text!r}: expected a comma list of positive token counts")
+    a.tiers = common.parse_tiers(ap, a.tiers)
     a.contenders = [c for c in (a.contenders or "").split(",") if c]
     a.skip = tuple(a.skip.split(",")) if a.skip is not None else (() if a.smoke else DEFAULT_SKIP)
     a.budget = a.budget if a.budget is not None else (0.02 if a.smoke else 0.25)

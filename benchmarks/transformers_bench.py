@@ -322,10 +322,7 @@ def main(argv=None) -> None:
                     help="one GPU: skip `moe tune` on the model's layers before the moe_core rows "
                          "(they then show the static priority order, not a tuned machine's choice)")
     a = ap.parse_args(argv)
-    try:
-        a.tiers = tuple(sorted({int(t) for t in a.tiers.split(",") if t.strip()}))
-    except ValueError:
-        ap.error(f"--tiers {a.tiers!r}: expected a comma list of positive token counts")
+    a.tiers = common.parse_tiers(ap, a.tiers)
     if a.from_json:
         results = json.loads(Path(a.from_json).read_text())["results"]
         report_results(results, a.plot)

@@ -90,7 +90,7 @@ def build_spec(o: dict, default_tokens: int):
     the model's here, so a mistake is named instead of silently changed. Where the model's
     MoE layers differ and ``--layer`` chose none, a note on stderr says which one this is."""
     cfg = o["model"] if isinstance(o["model"], ModelConfig) else load_model_config(o["model"])
-    note = layer_note({**o, "model": cfg})
+    note = None if o.get("layer") is not None else layer_note(cfg)
     if note:
         err_console.print(note, highlight=False)
     if o.get("layer") is not None:
@@ -188,12 +188,9 @@ def check_assumed(modules: str) -> None:
                     f"of: {', '.join(sorted(known))}){did_you_mean(name, known)}", param_hint=hint)
 
 
-def layer_note(o: dict) -> str | None:
-    """A line for a model whose MoE layers differ in shape, unless ``--layer`` chose one:
-    which layer the spec is, and that the others are planned with ``--layer``."""
-    if o.get("layer") is not None:
-        return None
-    cfg = o["model"] if isinstance(o["model"], ModelConfig) else load_model_config(o["model"])
+def layer_note(cfg: ModelConfig) -> str | None:
+    """A line for a model whose MoE layers differ in shape: which layer a spec of it is by
+    default, and that ``--layer`` plans the others."""
     shapes: dict[tuple, list[int]] = {}
     for s in cfg.layers:
         shapes.setdefault((s.num_experts, s.top_k, s.moe_intermediate_size), []).append(s.index)
